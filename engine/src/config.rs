@@ -1,0 +1,266 @@
+//! The commit log's configuration: one typed struct, documented defaults, loadable from TOML.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::HEADER_BYTES;
+
+/// Alignment of every direct write: offset, length and buffer address.
+pub const PAGE_BYTES: usize = 4096;
+
+/// Largest in-memory buffer the log fills and writes from. Segments at least this large are
+/// a whole number of chunks; smaller segments are one chunk each.
+pub const CHUNK_BYTES_MAX: usize = 1 << 20;
+
+/// Smallest segment accepted (tests use small segments to exercise roll-over).
+pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+
+/// Largest segment accepted: padding lengths are u32 and a segment is addressed in one file.
+pub const MAX_SEGMENT_BYTES: u64 = 2 << 30;
+
+/// When the log is acknowledged as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// An append completes once its bytes are in the log's memory; writes go out at once and
+    /// `fdatasync` runs every `flush_interval_ms` or `flush_bytes`. RocketMQ's default.
+    #[default]
+    Async,
+    /// An append completes only after its bytes are durable (written and `fdatasync`ed).
+    /// Appends that arrive while a flush is in flight are made durable together by the next.
+    Sync,
+}
+
+/// How segments are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// The faster of the two for the flush mode, as measured on the reference machine
+    /// (see BENCHMARKS.md): direct for both.
+    #[default]
+    Auto,
+    /// `O_DIRECT` writes of 4 KiB-aligned buffers, rewriting the partial last page each time.
+    /// Sustained bandwidth does not depend on the page cache's dirty limits.
+    Direct,
+    /// Ordinary writes through the page cache.
+    Buffered,
+}
+
+/// Settings of one commit log. Every field has a default; a TOML file need only name what
+/// it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Size of each segment file. Default 1 GiB, as RocketMQ's `mappedFileSizeCommitLog`.
+    /// At least 64 KiB, at most 2 GiB, a multiple of 4 KiB, and of 1 MiB when 1 MiB or more.
+    pub segment_bytes: u64,
+    /// `async` (default) or `sync`; see [`FlushMode`].
+    pub flush: FlushMode,
+    /// `auto` (default), `direct` or `buffered`; see [`IoMode`].
+    pub io: IoMode,
+    /// Async mode: `fdatasync` at least this often while data is unflushed. Default 500 ms,
+    /// as RocketMQ's `flushIntervalCommitLog`.
+    pub flush_interval_ms: u64,
+    /// Async mode: `fdatasync` as soon as this many written bytes are unflushed. Default 64 MiB.
+    /// With `flush_interval_ms` this bounds what a power failure can lose.
+    pub flush_bytes: u64,
+    /// Most bytes appended but not yet written out. An append waits for room beyond this.
+    /// In async mode it bounds what a process crash can lose. Default 16 MiB.
+    pub write_buffer_bytes: u64,
+    /// Recently written bytes kept in memory so reads of fresh data need no I/O. Default 32 MiB.
+    pub read_cache_bytes: u64,
+    /// Largest record accepted, header included. Default 4 MiB + 64 KiB, so a RocketMQ message
+    /// at its 4 MiB body limit fits with its topic and properties.
+    pub max_record_bytes: u64,
+    /// Segments kept prepared (allocated and pre-written) ahead of the one being written.
+    /// Default 1.
+    pub segments_ahead: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            flush: FlushMode::Async,
+            io: IoMode::Auto,
+            flush_interval_ms: 500,
+            flush_bytes: 64 << 20,
+            write_buffer_bytes: 16 << 20,
+            read_cache_bytes: 32 << 20,
+            max_record_bytes: (4 << 20) + (64 << 10),
+            segments_ahead: 1,
+        }
+    }
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field's value is out of range.
+    #[error("invalid value for `{field}`: {reason}")]
+    Invalid {
+        /// The offending field, as spelled in the TOML file.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TOML could not be parsed or has an unknown field or a wrong type (the message names it).
+    #[error("config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl LogConfig {
+    /// Parses TOML text and validates it.
+    pub fn from_toml(text: &str) -> Result<LogConfig, ConfigError> {
+        let config: LogConfig = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<LogConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        LogConfig::from_toml(&text)
+    }
+
+    /// Checks every field's range and the relations between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let seg = self.segment_bytes;
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&seg) {
+            return Err(invalid(
+                "segment_bytes",
+                format!("{seg} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}"),
+            ));
+        }
+        if seg % PAGE_BYTES as u64 != 0 {
+            return Err(invalid(
+                "segment_bytes",
+                format!("{seg} is not a multiple of 4096"),
+            ));
+        }
+        if seg >= CHUNK_BYTES_MAX as u64 && seg % CHUNK_BYTES_MAX as u64 != 0 {
+            return Err(invalid(
+                "segment_bytes",
+                format!("{seg} is 1 MiB or more but not a multiple of 1 MiB"),
+            ));
+        }
+        if self.flush_interval_ms == 0 || self.flush_interval_ms > 60_000 {
+            return Err(invalid("flush_interval_ms", "must be between 1 and 60000"));
+        }
+        if self.flush_bytes < PAGE_BYTES as u64 {
+            return Err(invalid("flush_bytes", "must be at least 4096"));
+        }
+        let min_record = HEADER_BYTES as u64 + 1;
+        if self.max_record_bytes < min_record {
+            return Err(invalid(
+                "max_record_bytes",
+                format!("must be at least {min_record}"),
+            ));
+        }
+        if self.max_record_bytes + HEADER_BYTES as u64 > seg {
+            return Err(invalid(
+                "max_record_bytes",
+                format!(
+                    "{} does not fit in a segment of {seg} bytes with room for a padding header",
+                    self.max_record_bytes
+                ),
+            ));
+        }
+        if self.write_buffer_bytes < self.max_record_bytes + PAGE_BYTES as u64 {
+            return Err(invalid(
+                "write_buffer_bytes",
+                format!(
+                    "must hold at least one largest record (max_record_bytes {}) plus a page",
+                    self.max_record_bytes
+                ),
+            ));
+        }
+        if self.write_buffer_bytes > 1 << 30 {
+            return Err(invalid("write_buffer_bytes", "must be at most 1 GiB"));
+        }
+        if self.read_cache_bytes > 64 << 30 {
+            return Err(invalid("read_cache_bytes", "must be at most 64 GiB"));
+        }
+        if self.segments_ahead == 0 || self.segments_ahead > 16 {
+            return Err(invalid("segments_ahead", "must be between 1 and 16"));
+        }
+        Ok(())
+    }
+
+    /// Size of the in-memory chunks: 1 MiB, or the whole segment when segments are smaller.
+    pub fn chunk_bytes(&self) -> usize {
+        (self.segment_bytes as usize).min(CHUNK_BYTES_MAX)
+    }
+
+    /// The I/O mode actually used, with `auto` resolved.
+    pub fn effective_io(&self) -> IoMode {
+        match self.io {
+            IoMode::Auto => IoMode::Direct,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_docs() {
+        let config = LogConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.segment_bytes, 1 << 30);
+        assert_eq!(config.flush, FlushMode::Async);
+        assert_eq!(config.flush_interval_ms, 500);
+        assert_eq!(LogConfig::from_toml("").unwrap(), config);
+    }
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let config =
+            LogConfig::from_toml("flush = \"sync\"\nsegment_bytes = 8388608\nio = \"buffered\"")
+                .unwrap();
+        assert_eq!(config.flush, FlushMode::Sync);
+        assert_eq!(config.io, IoMode::Buffered);
+        assert_eq!(config.segment_bytes, 8 << 20);
+        assert_eq!(config.flush_interval_ms, 500);
+    }
+
+    fn error_of(text: &str) -> String {
+        LogConfig::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(error_of("segment_bytes = 1000").contains("`segment_bytes`"));
+        assert!(error_of("segment_bytes = 1572864").contains("multiple of 1 MiB"));
+        assert!(error_of("flush_interval_ms = 0").contains("`flush_interval_ms`"));
+        assert!(error_of("flush = \"sometimes\"").contains("flush"));
+        assert!(error_of("segments_ahead = 0").contains("`segments_ahead`"));
+        assert!(error_of("segment_bytes = 65536").contains("`max_record_bytes`"));
+        assert!(
+            error_of("max_record_bytes = 1000\nwrite_buffer_bytes = 1000")
+                .contains("`write_buffer_bytes`")
+        );
+        assert!(error_of("segmnet_bytes = 1").contains("segmnet_bytes"));
+    }
+}
