@@ -1,1 +1,38 @@
-fn main() {}
+//! `quiver`: the broker's command line. Until the broker exists it carries the engine
+//! benchmark and the storage tools operators need to inspect and test a log directory.
+
+mod bench_cmd;
+mod store_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Quiver: a RocketMQ-compatible message broker on a thread-per-core io_uring storage engine.
+#[derive(Parser)]
+#[command(name = "quiver", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
+    /// Tools for a commit log directory.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Store(cmd) => store_cmd::run(cmd),
+    }
+}

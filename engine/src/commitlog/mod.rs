@@ -145,6 +145,10 @@ pub(crate) struct Inner {
     room: Event,
     /// Notified when the durable position advances or the log fails.
     durable: Event,
+    /// Appends ask for the pump through this, so that every append made runnable by the same
+    /// event lands in the same write (see [`write::pump_task`]).
+    pump_requested: std::cell::Cell<bool>,
+    pump_waker: RefCell<Option<std::task::Waker>>,
     /// Held for the log's lifetime: the directory's exclusive lock.
     _lock: std::fs::File,
 }
@@ -249,7 +253,7 @@ impl CommitLog {
         placed: &mut Vec<Appended>,
     ) -> Result<AppendTicket, TryAppendError> {
         let end = self.inner.place(records, placed)?;
-        self.inner.pump();
+        self.inner.request_pump();
         Ok(AppendTicket {
             inner: Rc::clone(&self.inner),
             end,
@@ -289,6 +293,9 @@ impl CommitLog {
                 .map(|file| (file, inner.checkpoint_of(&st)))
         };
         inner.room.notify(usize::MAX);
+        if let Some(waker) = inner.pump_waker.borrow_mut().take() {
+            waker.wake();
+        }
         if let Some((mut file, cp)) = checkpoint {
             file.store(cp)
                 .await

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use compio::fs::File;
 use event_listener::Event;
 
-use super::write::{RECYCLE_SUFFIX, flush_timer};
+use super::write::{RECYCLE_SUFFIX, flush_timer, pump_task};
 use super::{CommitLog, Inner, LogStats, Prep, State};
 use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::chunk::{Chunk, ChunkPool};
@@ -303,6 +303,8 @@ pub(super) async fn open(
         pool,
         room: Event::new(),
         durable: Event::new(),
+        pump_requested: std::cell::Cell::new(false),
+        pump_waker: RefCell::new(None),
         _lock: lock,
         st: RefCell::new(State {
             start,
@@ -353,6 +355,7 @@ pub(super) async fn open(
         let interval = Duration::from_millis(inner.config.flush_interval_ms);
         compio::runtime::spawn(flush_timer(Rc::downgrade(&inner), interval)).detach();
     }
+    compio::runtime::spawn(pump_task(Rc::downgrade(&inner))).detach();
     inner.ensure_prepared();
     Ok((CommitLog { inner }, report))
 }

@@ -53,6 +53,17 @@ struct PlannedFlush {
 }
 
 impl Inner {
+    /// Has the pump task run soon. The task is queued behind whatever is already runnable, so
+    /// appenders woken together all place their records before the next write is planned:
+    /// group commit falls out of the executor's FIFO order, with no timer.
+    pub(super) fn request_pump(&self) {
+        if !self.pump_requested.replace(true)
+            && let Some(waker) = self.pump_waker.borrow_mut().take()
+        {
+            waker.wake();
+        }
+    }
+
     /// Issues whatever writes, flush and segment preparation the state calls for.
     pub(super) fn pump(self: &Rc<Self>) {
         let mut writes = Vec::new();
@@ -439,6 +450,31 @@ async fn prep_task(inner: Rc<Inner>, attempt: u64) {
                 inner.prep_finished(attempt, Some(LogError::preparing(&path, e)));
                 return;
             }
+        }
+    }
+}
+
+/// Runs [`Inner::pump`] whenever an append asked for it. Holds the log weakly; closing the log
+/// wakes it to finish.
+pub(super) async fn pump_task(log: Weak<Inner>) {
+    loop {
+        let requested = std::future::poll_fn(|cx| {
+            let Some(inner) = log.upgrade() else {
+                return std::task::Poll::Ready(false);
+            };
+            if inner.st.borrow().closed {
+                return std::task::Poll::Ready(false);
+            }
+            if inner.pump_requested.replace(false) {
+                return std::task::Poll::Ready(true);
+            }
+            *inner.pump_waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+        match log.upgrade() {
+            Some(inner) if requested => inner.pump(),
+            _ => return,
         }
     }
 }

@@ -1,0 +1,221 @@
+//! `quiver bench engine`: append throughput and latency of the CommitLog on this machine, next
+//! to `fio`'s raw sequential write bandwidth on the same disk measured in the same run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use quiver_bench::engine::{AppendLoad, AppendReport, run_append};
+use quiver_bench::fio::{self, FioBaseline};
+use quiver_engine::{FlushMode, IoMode, LogConfig};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Append load on one in-process CommitLog for each combination of flush mode, I/O mode
+    /// and number of concurrent appenders; prints records/s, MB/s, latency and the ratio to
+    /// the disk's raw bandwidth.
+    Engine(EngineArgs),
+}
+
+#[derive(Args)]
+pub struct EngineArgs {
+    /// Directory on the disk to measure (created; emptied of benchmark files afterwards).
+    #[arg(long, default_value = "./data/bench")]
+    dir: PathBuf,
+    /// Flush modes to run.
+    #[arg(long, value_delimiter = ',', default_values = ["sync", "async"])]
+    flush: Vec<String>,
+    /// I/O modes to run.
+    #[arg(long, value_delimiter = ',', default_values = ["direct", "buffered"])]
+    io: Vec<String>,
+    /// Concurrent appenders.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 256])]
+    appenders: Vec<usize>,
+    /// Records per append call.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize])]
+    batch: Vec<usize>,
+    /// Record size on disk, header included.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Seconds of warm-up per configuration (segments get recycled, buffers warm).
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Seconds measured per configuration.
+    #[arg(long, default_value_t = 5.0)]
+    measure_secs: f64,
+    /// Segment size in MiB (segments behind the tail are retired and recycled).
+    #[arg(long, default_value_t = 256)]
+    segment_mib: u64,
+    /// Size of the fio baseline file in MiB (0 skips fio).
+    #[arg(long, default_value_t = 4096)]
+    fio_mib: u64,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Engine(args) => engine(args),
+    }
+}
+
+fn parse_flush(s: &str) -> anyhow::Result<FlushMode> {
+    match s {
+        "sync" => Ok(FlushMode::Sync),
+        "async" => Ok(FlushMode::Async),
+        other => anyhow::bail!("unknown flush mode {other:?} (sync, async)"),
+    }
+}
+
+fn parse_io(s: &str) -> anyhow::Result<IoMode> {
+    match s {
+        "direct" => Ok(IoMode::Direct),
+        "buffered" => Ok(IoMode::Buffered),
+        "auto" => Ok(IoMode::Auto),
+        other => anyhow::bail!("unknown I/O mode {other:?} (direct, buffered, auto)"),
+    }
+}
+
+fn engine(args: EngineArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let baseline = if args.fio_mib == 0 {
+        None
+    } else {
+        match fio::measure(&args.dir, args.fio_mib) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("fio baseline skipped: {e}");
+                None
+            }
+        }
+    };
+    if let Some(b) = &baseline {
+        if args.json {
+            println!("{}", serde_json::json!({ "fio": b }));
+        } else {
+            println!(
+                "fio, {} MiB, 64 KiB writes x8 in flight, same disk: O_DIRECT new file {:.0} MB/s, \
+                 O_DIRECT pre-written {:.0} MB/s, buffered+fsync {:.0} MB/s",
+                args.fio_mib, b.direct_new_file_mb_s, b.direct_prewritten_mb_s, b.buffered_mb_s
+            );
+        }
+    }
+    if !args.json {
+        println!(
+            "{:<6} {:<9} {:>5} {:>5} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
+            "flush",
+            "io",
+            "appnd",
+            "batch",
+            "records/s",
+            "MB/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "KiB/write",
+            "flushes/s",
+            "vs fio"
+        );
+    }
+    for flush in &args.flush {
+        for io in &args.io {
+            for &appenders in &args.appenders {
+                for &batch in &args.batch {
+                    let (flush, io) = (parse_flush(flush)?, parse_io(io)?);
+                    let report = one_run(&args, flush, io, appenders, batch)?;
+                    print_row(
+                        &args,
+                        flush,
+                        io,
+                        appenders,
+                        batch,
+                        &report,
+                        baseline.as_ref(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn one_run(
+    args: &EngineArgs,
+    flush: FlushMode,
+    io: IoMode,
+    appenders: usize,
+    batch: usize,
+) -> anyhow::Result<AppendReport> {
+    let dir = args
+        .dir
+        .join(format!("log-{flush:?}-{io:?}-{appenders}-{batch}").to_lowercase());
+    let _ = std::fs::remove_dir_all(&dir);
+    let load = AppendLoad {
+        dir: dir.clone(),
+        config: LogConfig {
+            flush,
+            io,
+            segment_bytes: args.segment_mib << 20,
+            ..LogConfig::default()
+        },
+        appenders,
+        record_bytes: args.record_bytes,
+        batch,
+        warmup: Duration::from_secs_f64(args.warmup_secs),
+        measure: Duration::from_secs_f64(args.measure_secs),
+        keep_segments: 2,
+    };
+    let report = run_append(&load).with_context(|| format!("benchmark in {}", dir.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+fn print_row(
+    args: &EngineArgs,
+    flush: FlushMode,
+    io: IoMode,
+    appenders: usize,
+    batch: usize,
+    r: &AppendReport,
+    baseline: Option<&FioBaseline>,
+) {
+    let ratio = baseline.map(|b| r.mb_per_s() / b.direct_prewritten_mb_s);
+    if args.json {
+        let line = serde_json::json!({
+            "flush": format!("{flush:?}").to_lowercase(),
+            "io": format!("{io:?}").to_lowercase(),
+            "appenders": appenders,
+            "batch": batch,
+            "record_bytes": args.record_bytes,
+            "records_per_s": r.records_per_s(),
+            "mb_per_s": r.mb_per_s(),
+            "ratio_to_fio_direct_prewritten": ratio,
+            "report": r,
+        });
+        println!("{line}");
+        return;
+    }
+    let kib_per_write = if r.writes == 0 {
+        0.0
+    } else {
+        r.write_bytes as f64 / r.writes as f64 / 1024.0
+    };
+    println!(
+        "{:<6} {:<9} {:>5} {:>5} {:>11.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>9.1} {:>9.0} {:>8}",
+        format!("{flush:?}").to_lowercase(),
+        format!("{io:?}").to_lowercase(),
+        appenders,
+        batch,
+        r.records_per_s(),
+        r.mb_per_s(),
+        r.latency_us.p50,
+        r.latency_us.p99,
+        r.latency_us.p999,
+        kib_per_write,
+        r.flushes as f64 / r.seconds,
+        ratio.map_or("-".into(), |x| format!("{:.0}%", x * 100.0)),
+    );
+}

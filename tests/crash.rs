@@ -1,0 +1,251 @@
+//! Crash tests with real processes: `quiver store probe` appends self-verifying records and
+//! prints each acknowledgement; the test kills it with SIGKILL at a random acknowledgement
+//! count (sometimes before the first, i.e. during recovery), reopens the log, and checks what
+//! survived. Sync mode: every acknowledged record, intact. Async mode: only a suffix of the
+//! acknowledged records may be lost, and no more bytes than the documented bound
+//! (`write_buffer_bytes`). In both: nothing past the recovered end is served, and every record
+//! the log holds is an intact probe record.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use quiver_bench::probe;
+use quiver_engine::{CommitLog, LogConfig, ReadError};
+
+const ROUNDS: u64 = 24;
+const MAX_BODY: usize = 3000;
+const WRITE_BUFFER_BYTES: u64 = 64 * 1024;
+
+fn config_toml(flush: &str) -> String {
+    format!(
+        "flush = \"{flush}\"\nsegment_bytes = 262144\nmax_record_bytes = 8192\n\
+         write_buffer_bytes = {WRITE_BUFFER_BYTES}\nflush_interval_ms = 50\nread_cache_bytes = 0\n"
+    )
+}
+
+/// A tiny deterministic generator; the seed is printed so a failure can be replayed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    run: u64,
+    seq: u64,
+    pos: u64,
+    len: u64,
+}
+
+fn parse_ack(line: &str) -> Option<Ack> {
+    let mut parts = line
+        .strip_prefix("ack ")?
+        .split(' ')
+        .map(|p| p.parse::<u64>().ok());
+    Some(Ack {
+        run: parts.next()??,
+        seq: parts.next()??,
+        pos: parts.next()??,
+        len: parts.next()??,
+    })
+}
+
+fn spawn_probe(dir: &Path, config: &Path, run: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args([
+            "store",
+            "probe",
+            "--appenders",
+            "8",
+            "--max-body",
+            &MAX_BODY.to_string(),
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(config)
+        .arg("--run")
+        .arg(run.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start quiver store probe")
+}
+
+/// Runs the probe until `kill_after` acknowledgements were printed (0: kill at once), kills it
+/// with SIGKILL, and returns every acknowledgement it printed before dying.
+fn run_and_kill(dir: &Path, config: &Path, run: u64, kill_after: u64) -> Vec<Ack> {
+    let mut child = spawn_probe(dir, config, run);
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut acks = Vec::new();
+    let mut killed = false;
+    if kill_after == 0 {
+        child.kill().expect("SIGKILL");
+        killed = true;
+    }
+    // The channel closes when the process's stdout closes: it died.
+    for line in rx {
+        let ack = parse_ack(&line).unwrap_or_else(|| panic!("unexpected probe output: {line}"));
+        acks.push(ack);
+        if !killed && acks.len() as u64 >= kill_after {
+            child.kill().expect("SIGKILL");
+            killed = true;
+        }
+    }
+    let status = child.wait().expect("wait for the probe");
+    reader.join().expect("stdout reader");
+    assert!(
+        killed,
+        "the probe exited by itself ({status}) after {} acks",
+        acks.len()
+    );
+    assert!(
+        !status.success(),
+        "the probe was killed, yet exited successfully"
+    );
+    acks
+}
+
+struct Verified {
+    /// Records found intact among those acknowledged in the round.
+    present: Vec<Ack>,
+    /// Acknowledged records of the round that are gone.
+    lost: Vec<Ack>,
+}
+
+/// Opens the log (recovering it), checks the acknowledged records of a round and the whole log.
+fn verify(dir: &Path, config: &LogConfig, round: &[Ack], earlier: &BTreeMap<u64, Ack>) -> Verified {
+    let runtime = compio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (log, report) = CommitLog::open(dir, config.clone())
+            .await
+            .expect("reopen after crash");
+        let end = report.end;
+        // Every record the log holds is an intact probe record, read in order.
+        let mut pos = log.positions().start;
+        let mut held = BTreeMap::new();
+        while pos < end {
+            match log.read_record(pos).await {
+                Ok(record) => {
+                    let id = probe::verify(&record, MAX_BODY)
+                        .unwrap_or_else(|e| panic!("at {pos}: {e}"));
+                    held.insert(pos, (id, record.len() as u64));
+                    pos += record.len() as u64;
+                }
+                Err(ReadError::Padding { next, .. }) => pos = next,
+                Err(e) => panic!("log unreadable at {pos} below its end {end}: {e} ({report})"),
+            }
+        }
+        assert_eq!(pos, end, "walk overran the recovered end");
+        // Nothing at or past the recovered end is served.
+        assert!(matches!(
+            log.read_record(end).await,
+            Err(ReadError::BeyondEnd { .. })
+        ));
+        for ack in earlier.values() {
+            assert_eq!(
+                held.get(&ack.pos),
+                Some(&((ack.run, ack.seq), ack.len)),
+                "record {}-{} acknowledged in an earlier round is gone ({report})",
+                ack.run,
+                ack.seq
+            );
+        }
+        let (mut present, mut lost) = (Vec::new(), Vec::new());
+        for ack in round {
+            match held.get(&ack.pos) {
+                Some(&(id, len)) if id == (ack.run, ack.seq) && len == ack.len => {
+                    present.push(*ack)
+                }
+                _ => lost.push(*ack),
+            }
+        }
+        log.close().await.expect("close");
+        Verified { present, lost }
+    })
+}
+
+fn crash_rounds(flush: &str, check: impl Fn(u64, &Verified)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join("log");
+    let config_path = dir.path().join("log.toml");
+    std::fs::write(&config_path, config_toml(flush)).expect("write config");
+    let config = LogConfig::load(&config_path).expect("config");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test ({flush}) seed {seed}");
+    let mut rng = XorShift(seed);
+    let mut durable_acks = BTreeMap::new();
+    let mut total_acked = 0;
+    for run in 0..ROUNDS {
+        // Mostly mid-stream kills at a random point; one round in six dies before its first ack.
+        let kill_after = if rng.next() % 6 == 0 {
+            0
+        } else {
+            1 + rng.next() % 4000
+        };
+        let acks = run_and_kill(&log_dir, &config_path, run, kill_after);
+        total_acked += acks.len();
+        let verified = verify(&log_dir, &config, &acks, &durable_acks);
+        check(run, &verified);
+        for ack in verified.present {
+            durable_acks.insert(ack.pos, ack);
+        }
+    }
+    assert!(
+        total_acked > 1000,
+        "too few acknowledgements ({total_acked}) to test anything"
+    );
+}
+
+#[test]
+fn sync_mode_keeps_every_acknowledged_record_through_kill_9() {
+    crash_rounds("sync", |run, verified| {
+        assert!(
+            verified.lost.is_empty(),
+            "run {run}: {} acknowledged records lost, first {:?}",
+            verified.lost.len(),
+            verified.lost.first()
+        );
+    });
+}
+
+#[test]
+fn async_mode_loses_at_most_the_write_buffer_and_only_a_suffix() {
+    crash_rounds("async", |run, verified| {
+        let first_lost = verified.lost.iter().map(|a| a.pos).min();
+        if let Some(first_lost) = first_lost {
+            let survivor_after = verified.present.iter().find(|a| a.pos > first_lost);
+            assert!(
+                survivor_after.is_none(),
+                "run {run}: a hole in the log: {survivor_after:?} survived after {first_lost}"
+            );
+        }
+        let lost_bytes: u64 = verified.lost.iter().map(|a| a.len).sum();
+        assert!(
+            lost_bytes <= WRITE_BUFFER_BYTES,
+            "run {run}: lost {lost_bytes} acknowledged bytes, bound is {WRITE_BUFFER_BYTES}"
+        );
+    });
+}
