@@ -284,6 +284,19 @@ impl RecordHeader {
     /// without the rest of the record: magic, version, kind, reserved bits, lengths against
     /// `max_len`, and that the record claims position `pos`.
     pub fn parse(bytes: &[u8], pos: u64, max_len: usize) -> Result<&RecordHeader, RecordError> {
+        let header = RecordHeader::parse_unplaced(bytes, max_len)?;
+        if header.log_pos.get() != pos {
+            return Err(RecordError::PositionMismatch {
+                claimed: header.log_pos.get(),
+                found: pos,
+            });
+        }
+        Ok(header)
+    }
+
+    /// [`RecordHeader::parse`] without the position check, for recovery, which tells an
+    /// intact record at the wrong position (stale) from a torn one by its CRC.
+    pub fn parse_unplaced(bytes: &[u8], max_len: usize) -> Result<&RecordHeader, RecordError> {
         let Ok((header, _)) = RecordHeader::ref_from_prefix(bytes) else {
             return Err(RecordError::Truncated {
                 needed: HEADER_BYTES,
@@ -331,12 +344,6 @@ impl RecordHeader {
             }
             Some(RecordKind::Padding) => {}
             None => return Err(RecordError::BadKind(header.kind)),
-        }
-        if header.log_pos.get() != pos {
-            return Err(RecordError::PositionMismatch {
-                claimed: header.log_pos.get(),
-                found: pos,
-            });
         }
         Ok(header)
     }

@@ -1,10 +1,11 @@
 //! Finding the end of valid data: the pure core of recovery, free of I/O so it can be fuzzed.
 //!
 //! A scan walks records from a known-good position. A record counts only if its header is
-//! sane, it claims the position it was found at, its generation is not below the previous
-//! record's, it leaves room for a padding header before the segment end, and its CRC matches.
-//! The first position where any of that fails is where the log ends; everything from there on
-//! is a torn or stale tail and is never served.
+//! sane, it leaves room for a padding header before the segment end, its CRC matches, it claims
+//! the position it was found at, and its generation is not below the previous record's. The
+//! first position where any of that fails is where the log ends; everything from there on is a
+//! torn tail (the CRC or the header failed) or a stale one (an intact record of an earlier life
+//! of the file) and is never served.
 
 use crate::record::{self, HEADER_BYTES, RecordError, RecordHeader, RecordKind};
 
@@ -42,7 +43,16 @@ pub enum TailError {
     /// The header or the record is malformed, or its CRC does not match.
     #[error(transparent)]
     Record(#[from] RecordError),
-    /// A valid-looking record from an older writer: stale bytes beyond an earlier truncation.
+    /// An intact record that claims another position: left from an earlier life of a recycled
+    /// segment.
+    #[error("intact record of position {claimed} found at {found}")]
+    StalePosition {
+        /// The position the record claims.
+        claimed: u64,
+        /// Where it was found.
+        found: u64,
+    },
+    /// An intact record of an older writer: stale bytes beyond an earlier truncation.
     #[error("stale record of generation {found} after generation {floor}")]
     StaleGeneration {
         /// The record's generation.
@@ -95,37 +105,42 @@ pub fn scan_window(
         }
         let remaining = (segment_end - pos) as usize;
         let available = &window[(pos - window_pos) as usize..];
-        let header = match RecordHeader::parse(available, pos, remaining) {
+        let header = match RecordHeader::parse_unplaced(available, remaining) {
             Ok(header) => header,
             Err(RecordError::Truncated { .. }) if !window_reaches_segment_end => {
                 return ScanStep::NeedMore;
             }
             Err(e) => return ScanStep::End(e.into()),
         };
+        let len = header.len();
+        let is_padding = header.kind() == Some(RecordKind::Padding);
+        if !is_padding && (len > max_record_bytes || len + HEADER_BYTES > remaining) {
+            return ScanStep::End(TailError::BadPlacement);
+        }
+        let needed = if is_padding { HEADER_BYTES } else { len };
+        if available.len() < needed {
+            // `needed` fits the segment, so a window reaching the segment end holds it.
+            debug_assert!(!window_reaches_segment_end);
+            return ScanStep::NeedMore;
+        }
+        // Intact or not decides torn versus stale, so the CRC comes before position and age.
+        if let Err(e) = header.verify_crc(available) {
+            return ScanStep::End(e.into());
+        }
+        if header.log_pos.get() != pos {
+            return ScanStep::End(TailError::StalePosition {
+                claimed: header.log_pos.get(),
+                found: pos,
+            });
+        }
         if header.generation.get() < state.generation_floor {
             return ScanStep::End(TailError::StaleGeneration {
                 found: header.generation.get(),
                 floor: state.generation_floor,
             });
         }
-        let len = header.len();
-        let is_padding = header.kind() == Some(RecordKind::Padding);
-        let placed_well = if is_padding {
-            len == remaining
-        } else {
-            len <= max_record_bytes && len + HEADER_BYTES <= remaining
-        };
-        if !placed_well {
+        if is_padding && len != remaining {
             return ScanStep::End(TailError::BadPlacement);
-        }
-        let needed = if is_padding { HEADER_BYTES } else { len };
-        if available.len() < needed {
-            // `len` fits the segment, so a window reaching the segment end holds it.
-            debug_assert!(!window_reaches_segment_end);
-            return ScanStep::NeedMore;
-        }
-        if let Err(e) = header.verify_crc(available) {
-            return ScanStep::End(e.into());
         }
         let generation = header.generation.get();
         state.generation_floor = generation;
