@@ -29,6 +29,8 @@ mod chunk;
 pub mod commitlog;
 pub mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod record;
 pub mod scan;
 mod segment;
