@@ -200,7 +200,7 @@ fn crash_rounds(flush: &str, check: impl Fn(u64, &Verified)) {
     let mut total_acked = 0;
     for run in 0..ROUNDS {
         // Mostly mid-stream kills at a random point; one round in six dies before its first ack.
-        let kill_after = if rng.next() % 6 == 0 {
+        let kill_after = if rng.next().is_multiple_of(6) {
             0
         } else {
             1 + rng.next() % 4000

@@ -42,7 +42,7 @@ impl AlignedMem {
 
     fn new_zeroed(len: usize) -> AlignedMem {
         assert!(
-            len > 0 && len % PAGE_BYTES == 0,
+            len > 0 && len.is_multiple_of(PAGE_BYTES),
             "chunk size must be whole pages"
         );
         let layout = AlignedMem::layout(len);

@@ -151,13 +151,13 @@ impl LogConfig {
                 format!("{seg} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}"),
             ));
         }
-        if seg % PAGE_BYTES as u64 != 0 {
+        if !seg.is_multiple_of(PAGE_BYTES as u64) {
             return Err(invalid(
                 "segment_bytes",
                 format!("{seg} is not a multiple of 4096"),
             ));
         }
-        if seg >= CHUNK_BYTES_MAX as u64 && seg % CHUNK_BYTES_MAX as u64 != 0 {
+        if seg >= CHUNK_BYTES_MAX as u64 && !seg.is_multiple_of(CHUNK_BYTES_MAX as u64) {
             return Err(invalid(
                 "segment_bytes",
                 format!("{seg} is 1 MiB or more but not a multiple of 1 MiB"),

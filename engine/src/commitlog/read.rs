@@ -36,7 +36,7 @@ impl Inner {
 
     /// Bytes `[pos, end)` if they are all in memory: a zero-copy slice when they lie in one
     /// chunk, a copy when they cross chunks.
-    fn from_memory(&self, st: &State, pos: u64, end: u64) -> Option<Bytes> {
+    fn cached(&self, st: &State, pos: u64, end: u64) -> Option<Bytes> {
         let front = st.chunks.front()?;
         let index = (pos.checked_sub(front.base())? / self.chunk_bytes as u64) as usize;
         let chunk = st.chunks.get(index)?;
@@ -64,7 +64,7 @@ impl CommitLog {
         let file = {
             let st = self.inner.st.borrow();
             self.inner.check_range(&st, pos, len)?;
-            if let Some(bytes) = self.inner.from_memory(&st, pos, pos + len as u64) {
+            if let Some(bytes) = self.inner.cached(&st, pos, pos + len as u64) {
                 return Ok(bytes);
             }
             match st.segments.get(&self.inner.segment_base(pos)) {
