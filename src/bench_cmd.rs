@@ -50,6 +50,10 @@ pub struct EngineArgs {
     /// Size of the fio baseline file in MiB (0 skips fio).
     #[arg(long, default_value_t = 4096)]
     fio_mib: u64,
+    /// Runs every configuration this many times, alternating between them, and reports the
+    /// run with the median throughput of each (the machine is shared and noisy).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -105,7 +109,7 @@ fn engine(args: EngineArgs) -> anyhow::Result<()> {
     }
     if !args.json {
         println!(
-            "{:<6} {:<9} {:>5} {:>5} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
+            "{:<6} {:<9} {:>5} {:>5} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8}",
             "flush",
             "io",
             "appnd",
@@ -116,28 +120,48 @@ fn engine(args: EngineArgs) -> anyhow::Result<()> {
             "p99 µs",
             "p99.9 µs",
             "KiB/write",
+            "write µs",
             "flushes/s",
+            "flush µs",
             "vs fio"
         );
     }
+    let mut configs = Vec::new();
     for flush in &args.flush {
         for io in &args.io {
             for &appenders in &args.appenders {
                 for &batch in &args.batch {
-                    let (flush, io) = (parse_flush(flush)?, parse_io(io)?);
-                    let report = one_run(&args, flush, io, appenders, batch)?;
-                    print_row(
-                        &args,
-                        flush,
-                        io,
-                        appenders,
-                        batch,
-                        &report,
-                        baseline.as_ref(),
-                    );
+                    configs.push((parse_flush(flush)?, parse_io(io)?, appenders, batch));
                 }
             }
         }
+    }
+    let mut runs: Vec<Vec<AppendReport>> = vec![Vec::new(); configs.len()];
+    for round in 0..args.repeat.max(1) {
+        for (i, &(flush, io, appenders, batch)) in configs.iter().enumerate() {
+            let report = one_run(&args, flush, io, appenders, batch)?;
+            if args.repeat > 1 && !args.json {
+                eprintln!(
+                    "round {} {flush:?} {io:?} {appenders}x{batch}: {:.0} MB/s",
+                    round + 1,
+                    report.mb_per_s()
+                );
+            }
+            runs[i].push(report);
+        }
+    }
+    for (&(flush, io, appenders, batch), mut reports) in configs.iter().zip(runs) {
+        reports.sort_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s()));
+        let median = &reports[reports.len() / 2];
+        print_row(
+            &args,
+            flush,
+            io,
+            appenders,
+            batch,
+            median,
+            baseline.as_ref(),
+        );
     }
     Ok(())
 }
@@ -204,7 +228,7 @@ fn print_row(
         r.write_bytes as f64 / r.writes as f64 / 1024.0
     };
     println!(
-        "{:<6} {:<9} {:>5} {:>5} {:>11.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>9.1} {:>9.0} {:>8}",
+        "{:<6} {:<9} {:>5} {:>5} {:>11.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>9.1} {:>8.0} {:>9.0} {:>8.0} {:>8}",
         format!("{flush:?}").to_lowercase(),
         format!("{io:?}").to_lowercase(),
         appenders,
@@ -215,7 +239,9 @@ fn print_row(
         r.latency_us.p99,
         r.latency_us.p999,
         kib_per_write,
+        r.write_us,
         r.flushes as f64 / r.seconds,
+        r.flush_us,
         ratio.map_or("-".into(), |x| format!("{:.0}%", x * 100.0)),
     );
 }

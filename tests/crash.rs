@@ -19,9 +19,9 @@ const ROUNDS: u64 = 24;
 const MAX_BODY: usize = 3000;
 const WRITE_BUFFER_BYTES: u64 = 64 * 1024;
 
-fn config_toml(flush: &str) -> String {
+fn config_toml(flush: &str, io: &str) -> String {
     format!(
-        "flush = \"{flush}\"\nsegment_bytes = 262144\nmax_record_bytes = 8192\n\
+        "flush = \"{flush}\"\nio = \"{io}\"\nsegment_bytes = 262144\nmax_record_bytes = 8192\n\
          write_buffer_bytes = {WRITE_BUFFER_BYTES}\nflush_interval_ms = 50\nread_cache_bytes = 0\n"
     )
 }
@@ -183,18 +183,18 @@ fn verify(dir: &Path, config: &LogConfig, round: &[Ack], earlier: &BTreeMap<u64,
     })
 }
 
-fn crash_rounds(flush: &str, check: impl Fn(u64, &Verified)) {
+fn crash_rounds(flush: &str, io: &str, check: impl Fn(u64, &Verified)) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log_dir = dir.path().join("log");
     let config_path = dir.path().join("log.toml");
-    std::fs::write(&config_path, config_toml(flush)).expect("write config");
+    std::fs::write(&config_path, config_toml(flush, io)).expect("write config");
     let config = LogConfig::load(&config_path).expect("config");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos() as u64
         | 1;
-    eprintln!("crash test ({flush}) seed {seed}");
+    eprintln!("crash test ({flush}, {io}) seed {seed}");
     let mut rng = XorShift(seed);
     let mut durable_acks = BTreeMap::new();
     let mut total_acked = 0;
@@ -219,33 +219,46 @@ fn crash_rounds(flush: &str, check: impl Fn(u64, &Verified)) {
     );
 }
 
-#[test]
-fn sync_mode_keeps_every_acknowledged_record_through_kill_9() {
-    crash_rounds("sync", |run, verified| {
+fn no_acknowledged_record_lost(run: u64, verified: &Verified) {
+    assert!(
+        verified.lost.is_empty(),
+        "run {run}: {} acknowledged records lost, first {:?}",
+        verified.lost.len(),
+        verified.lost.first()
+    );
+}
+
+fn only_a_bounded_suffix_lost(run: u64, verified: &Verified) {
+    if let Some(first_lost) = verified.lost.iter().map(|a| a.pos).min() {
+        let survivor_after = verified.present.iter().find(|a| a.pos > first_lost);
         assert!(
-            verified.lost.is_empty(),
-            "run {run}: {} acknowledged records lost, first {:?}",
-            verified.lost.len(),
-            verified.lost.first()
+            survivor_after.is_none(),
+            "run {run}: a hole in the log: {survivor_after:?} survived after {first_lost}"
         );
-    });
+    }
+    let lost_bytes: u64 = verified.lost.iter().map(|a| a.len).sum();
+    assert!(
+        lost_bytes <= WRITE_BUFFER_BYTES,
+        "run {run}: lost {lost_bytes} acknowledged bytes, bound is {WRITE_BUFFER_BYTES}"
+    );
 }
 
 #[test]
-fn async_mode_loses_at_most_the_write_buffer_and_only_a_suffix() {
-    crash_rounds("async", |run, verified| {
-        let first_lost = verified.lost.iter().map(|a| a.pos).min();
-        if let Some(first_lost) = first_lost {
-            let survivor_after = verified.present.iter().find(|a| a.pos > first_lost);
-            assert!(
-                survivor_after.is_none(),
-                "run {run}: a hole in the log: {survivor_after:?} survived after {first_lost}"
-            );
-        }
-        let lost_bytes: u64 = verified.lost.iter().map(|a| a.len).sum();
-        assert!(
-            lost_bytes <= WRITE_BUFFER_BYTES,
-            "run {run}: lost {lost_bytes} acknowledged bytes, bound is {WRITE_BUFFER_BYTES}"
-        );
-    });
+fn sync_direct_keeps_every_acknowledged_record_through_kill_9() {
+    crash_rounds("sync", "direct", no_acknowledged_record_lost);
+}
+
+#[test]
+fn sync_buffered_keeps_every_acknowledged_record_through_kill_9() {
+    crash_rounds("sync", "buffered", no_acknowledged_record_lost);
+}
+
+#[test]
+fn async_direct_loses_at_most_the_write_buffer_and_only_a_suffix() {
+    crash_rounds("async", "direct", only_a_bounded_suffix_lost);
+}
+
+#[test]
+fn async_buffered_loses_at_most_the_write_buffer_and_only_a_suffix() {
+    crash_rounds("async", "buffered", only_a_bounded_suffix_lost);
 }

@@ -81,6 +81,10 @@ pub struct AppendReport {
     pub write_bytes: u64,
     /// `fdatasync` rounds while measuring.
     pub flushes: u64,
+    /// Mean time a write was in flight, µs.
+    pub write_us: f64,
+    /// Mean time a flush was in flight, µs.
+    pub flush_us: f64,
 }
 
 impl AppendReport {
@@ -205,6 +209,8 @@ pub async fn run_phase(
         writes: delta(|s| s.writes),
         write_bytes: delta(|s| s.write_bytes),
         flushes: delta(|s| s.flushes),
+        write_us: delta(|s| s.write_nanos) as f64 / delta(|s| s.writes).max(1) as f64 / 1000.0,
+        flush_us: delta(|s| s.flush_nanos) as f64 / delta(|s| s.flushes).max(1) as f64 / 1000.0,
     })
 }
 

@@ -364,6 +364,33 @@ fn inodes(dir: &Path, pick: impl Fn(&str) -> bool) -> Vec<u64> {
 }
 
 #[compio::test]
+async fn flush_and_close_finish_without_the_interval_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        flush_interval_ms: 60_000,
+        flush_bytes: 16 * 1024,
+        ..small_config(FlushMode::Async, IoMode::Direct)
+    };
+    let (log, _) = CommitLog::open(dir.path(), config).await.unwrap();
+    // Appends leave writes and volume-triggered flushes in flight when `flush` is called; the
+    // flush must still cover everything appended, however those complete.
+    for round in 0..50 {
+        append_n(&log, round * 7, 7).await;
+        let tail = log.positions().tail;
+        compio::time::timeout(Duration::from_secs(10), log.flush())
+            .await
+            .unwrap_or_else(|_| panic!("flush in round {round} waited for the interval timer"))
+            .unwrap();
+        assert!(log.positions().durable >= tail);
+    }
+    append_n(&log, 1000, 7).await;
+    compio::time::timeout(Duration::from_secs(10), log.close())
+        .await
+        .expect("close waited for the interval timer")
+        .unwrap();
+}
+
+#[compio::test]
 async fn retired_segments_are_recycled_and_reads_below_the_start_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(FlushMode::Sync, IoMode::Direct);

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use compio::fs::File;
 use compio::io::AsyncWriteAtExt;
 
-use super::{CHECKPOINT_INTERVAL_MS, InFlightWrite, Inner, State, WRITES_IN_FLIGHT_MAX};
+use super::{
+    CHECKPOINT_INTERVAL_MS, FLUSHES_IN_FLIGHT_MAX, InFlightWrite, Inner, State,
+    WRITES_IN_FLIGHT_MAX,
+};
 use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::chunk::WriteBuf;
 use crate::config::{FlushMode, IoMode, PAGE_BYTES};
@@ -80,25 +83,23 @@ impl Inner {
                     None => break,
                 }
             }
-            if !st.flush_in_flight && st.written > st.durable {
+            if st.flushes_in_flight < FLUSHES_IN_FLIGHT_MAX && st.written > st.flush_issued_upto {
                 let due = match self.config.flush {
                     FlushMode::Sync => true,
                     FlushMode::Async => {
-                        st.flush_due || st.written - st.durable >= self.config.flush_bytes
+                        st.flush_wanted_upto > st.flush_issued_upto
+                            || st.written - st.flush_issued_upto >= self.config.flush_bytes
                     }
                 };
                 if due {
-                    st.flush_in_flight = true;
-                    st.flush_due = false;
+                    st.flushes_in_flight += 1;
+                    st.flush_issued_upto = st.written;
                     flush = Some(PlannedFlush {
                         files: self.files_between(&st, st.durable, st.written),
                         target: st.written,
                         boundary: st.written_boundary,
                     });
                 }
-            }
-            if st.durable == st.tail {
-                st.flush_due = false;
             }
             start_prep =
                 !st.prep.running && self.prep_allowed(&st) && self.next_prep_base(&st).is_some();
@@ -185,11 +186,12 @@ impl Inner {
             .collect()
     }
 
-    fn write_done(self: &Rc<Self>, end: u64, bytes: u64) {
+    fn write_done(self: &Rc<Self>, end: u64, bytes: u64, started: Instant) {
         {
             let mut st = self.st.borrow_mut();
             st.stats.writes += 1;
             st.stats.write_bytes += bytes;
+            st.stats.write_nanos += started.elapsed().as_nanos() as u64;
             match st.writes.iter_mut().find(|w| w.end == end) {
                 Some(write) => write.done = true,
                 None => unreachable!("completed write ending at {end} was not in flight"),
@@ -222,13 +224,14 @@ impl Inner {
         }
     }
 
-    fn flush_done(self: &Rc<Self>, target: u64, boundary: u64) {
+    fn flush_done(self: &Rc<Self>, target: u64, boundary: u64, started: Instant) {
         let checkpoint = {
             let mut st = self.st.borrow_mut();
-            debug_assert!(target >= st.durable);
-            st.durable = target;
-            st.durable_boundary = boundary;
-            st.flush_in_flight = false;
+            st.stats.flush_nanos += started.elapsed().as_nanos() as u64;
+            // An earlier-issued flush may complete after a later one: keep the furthest.
+            st.durable = st.durable.max(target);
+            st.durable_boundary = st.durable_boundary.max(boundary);
+            st.flushes_in_flight -= 1;
             st.stats.flushes += 1;
             let due = st.checkpoint_at.elapsed() >= Duration::from_millis(CHECKPOINT_INTERVAL_MS);
             match st.checkpoint.take() {
@@ -385,22 +388,24 @@ async fn write_task(inner: Rc<Inner>, write: PlannedWrite) {
         bytes,
         end,
     } = write;
+    let started = Instant::now();
     let mut handle = &file;
     let compio::BufResult(result, _) = handle.write_all_at(buf, offset).await;
     match result {
-        Ok(()) => inner.write_done(end, bytes),
+        Ok(()) => inner.write_done(end, bytes, started),
         Err(e) => inner.fail(LogError::io("writing a segment", e)),
     }
 }
 
 async fn flush_task(inner: Rc<Inner>, flush: PlannedFlush) {
+    let started = Instant::now();
     for file in &flush.files {
         if let Err(e) = file.sync_data().await {
             inner.fail(LogError::io("flushing a segment (fdatasync)", e));
             return;
         }
     }
-    inner.flush_done(flush.target, flush.boundary);
+    inner.flush_done(flush.target, flush.boundary, started);
 }
 
 async fn checkpoint_task(inner: Rc<Inner>, mut file: CheckpointFile, cp: Checkpoint) {
@@ -490,9 +495,7 @@ pub(super) async fn flush_timer(log: Weak<Inner>, interval: Duration) {
             if st.closed {
                 return;
             }
-            if st.tail > st.durable {
-                st.flush_due = true;
-            }
+            st.flush_wanted_upto = st.flush_wanted_upto.max(st.tail);
         }
         inner.pump();
     }
