@@ -218,7 +218,7 @@ async fn a_torn_tail_is_truncated_and_its_stale_records_never_return() {
     let config = small_config(FlushMode::Sync, IoMode::Buffered);
     let (log, _) = CommitLog::open(dir.path(), config.clone()).await.unwrap();
     let placed = append_n(&log, 0, 10).await;
-    drop(log);
+    log.close().await.unwrap();
 
     // Tear record 6: records 7..9 after it stay intact on disk.
     let torn = placed[6].1;
@@ -243,7 +243,7 @@ async fn a_torn_tail_is_truncated_and_its_stale_records_never_return() {
     let keys = b"6";
     let replaced = log.append(&record(6, &b, keys)).await.unwrap();
     assert_eq!(replaced.pos, torn);
-    drop(log);
+    log.close().await.unwrap();
     std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
     let (log, report) = CommitLog::open(dir.path(), config).await.unwrap();
     assert_eq!(report.end, placed[7].1, "{report}");
@@ -487,6 +487,32 @@ async fn a_directory_is_opened_by_one_log_at_a_time() {
         Err(other) => panic!("expected Locked, got {other}"),
         Ok(_) => panic!("a second open of the same directory succeeded"),
     }
+    log.close().await.unwrap();
+}
+
+#[compio::test]
+async fn close_stops_segment_preparation_and_releases_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // Large segments, two ahead: preparation is still zero-filling when `close` is called.
+    let config = LogConfig {
+        segment_bytes: 256 << 20,
+        segments_ahead: 2,
+        ..LogConfig::default()
+    };
+    let (log, _) = CommitLog::open(dir.path(), config.clone()).await.unwrap();
+    let placed = append_n(&log, 0, 10).await;
+    log.close().await.unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".prep"))
+        .collect();
+    assert!(leftovers.is_empty(), "close left {leftovers:?}");
+    let (log, report) = CommitLog::open(dir.path(), config)
+        .await
+        .expect("reopen right after close");
+    assert_eq!(report.tail, TailKind::Clean, "{report}");
+    assert_all_readable(&log, &placed).await;
     log.close().await.unwrap();
 }
 

@@ -52,7 +52,7 @@ fn build(sizes: &[usize], tail_records: usize, checkpoint_before_tail: bool) -> 
             let at = log.append(&rec(i, &body(i, len))).await.unwrap();
             records.push((at.pos, u64::from(at.len)));
         }
-        drop(log);
+        log.close().await.unwrap();
         if checkpoint_before_tail {
             std::fs::write(dir.path().join("checkpoint"), saved).unwrap();
         } else {
@@ -166,7 +166,7 @@ fn check_recovery(fixture: &Fixture, work: &Path) {
                 );
             }
         }
-        drop(log);
+        log.close().await.unwrap();
     });
 }
 

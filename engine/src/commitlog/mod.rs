@@ -158,8 +158,8 @@ pub(crate) struct Inner {
     /// event lands in the same write (see [`write::pump_task`]).
     pump_requested: std::cell::Cell<bool>,
     pump_waker: RefCell<Option<std::task::Waker>>,
-    /// Held for the log's lifetime: the directory's exclusive lock.
-    _lock: std::fs::File,
+    /// The directory's exclusive lock, released by `close`.
+    lock: RefCell<Option<std::fs::File>>,
 }
 
 /// A write handed to the kernel.
@@ -212,6 +212,8 @@ struct State {
     checkpoint_at: Instant,
     failed: Option<LogError>,
     closed: bool,
+    /// When the last append was placed; segment preparation runs at full speed when idle.
+    last_append_at: Instant,
     prep: Prep,
     stats: LogStats,
 }
@@ -297,26 +299,33 @@ impl CommitLog {
         self.inner.wait_durable(pos).await
     }
 
-    /// Flushes, records a final checkpoint, and stops background work.
+    /// Stops taking appends, flushes everything, stops background work, records a final
+    /// checkpoint and releases the directory. Every handle of the log is closed by this.
     pub async fn close(self) -> Result<(), LogError> {
-        self.flush().await?;
         let inner = &self.inner;
-        let checkpoint = {
-            let mut st = inner.st.borrow_mut();
-            st.closed = true;
-            st.checkpoint
-                .take()
-                .map(|file| (file, inner.checkpoint_of(&st)))
-        };
+        inner.st.borrow_mut().closed = true;
         inner.room.notify(usize::MAX);
         if let Some(waker) = inner.pump_waker.borrow_mut().take() {
             waker.wake();
         }
-        if let Some((mut file, cp)) = checkpoint {
-            file.store(cp)
-                .await
-                .map_err(|e| LogError::io("writing the checkpoint", e))?;
-        }
+        self.flush().await?;
+        // Segment preparation stops at its next step; a checkpoint write in flight completes.
+        let (mut file, cp) = loop {
+            let listener = inner.room.listen();
+            {
+                let mut st = inner.st.borrow_mut();
+                if !st.prep.running
+                    && let Some(file) = st.checkpoint.take()
+                {
+                    break (file, inner.checkpoint_of(&st));
+                }
+            }
+            listener.await;
+        };
+        file.store(cp)
+            .await
+            .map_err(|e| LogError::io("writing the checkpoint", e))?;
+        inner.lock.borrow_mut().take();
         Ok(())
     }
 
@@ -436,6 +445,7 @@ impl Inner {
             return Err(TryAppendError::Failed(LogError::Closed));
         }
         let end = self.plan(&st, &lens)?;
+        st.last_append_at = Instant::now();
         let now = now_ms().max(st.last_store_timestamp_ms);
         st.last_store_timestamp_ms = now;
         let generation = st.generation;

@@ -25,7 +25,7 @@ use crate::config::{FlushMode, IoMode, LogConfig};
 use crate::error::{LogError, OpenError, TailKind};
 use crate::scan::{ScanState, ScanStep, TailError, scan_window};
 use crate::segment::{
-    Segment, list_dir, open_segment, prepare_segment, read_exact_at, segment_name,
+    Pace, Segment, list_dir, open_segment, prepare_segment, read_exact_at, segment_name,
 };
 
 /// Bytes read per step of the recovery scan (plus room for one largest record).
@@ -305,7 +305,7 @@ pub(super) async fn open(
         durable: Event::new(),
         pump_requested: std::cell::Cell::new(false),
         pump_waker: RefCell::new(None),
-        _lock: lock,
+        lock: RefCell::new(Some(lock)),
         st: RefCell::new(State {
             start,
             tail: end,
@@ -327,6 +327,7 @@ pub(super) async fn open(
             checkpoint_at: Instant::now(),
             failed: None,
             closed: false,
+            last_append_at: Instant::now(),
             prep: Prep {
                 running: false,
                 attempts: 0,
@@ -344,7 +345,7 @@ pub(super) async fn open(
     if !inner.st.borrow().segments.contains_key(&tail_base) {
         let recycled = inner.st.borrow_mut().recyclable.pop();
         let path = dir.join(segment_name(tail_base));
-        prepare_segment(dir, tail_base, seg_bytes, recycled)
+        prepare_segment(dir, tail_base, seg_bytes, recycled, &|_| Pace::Fast)
             .await
             .map_err(|e| LogError::preparing(&path, e))?;
         let segment = open_segment(dir, tail_base, io)

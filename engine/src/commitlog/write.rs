@@ -23,10 +23,16 @@ use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::chunk::WriteBuf;
 use crate::config::{FlushMode, IoMode, PAGE_BYTES};
 use crate::error::LogError;
-use crate::segment::{self, open_segment, prepare_segment, segment_name};
+use crate::segment::{self, Pace, open_segment, prepare_segment, segment_name};
 
 /// After a failed segment preparation, background retries wait this long.
 const PREP_RETRY_MS: u64 = 1000;
+
+/// With no append for this long, segments are pre-written at full speed.
+const PREP_IDLE_MS: u64 = 50;
+
+/// How long paced pre-writing waits before checking again whether the tail moved.
+const PREP_PAUSE_MS: u64 = 2;
 
 /// Suffix of a retired segment kept for reuse.
 pub(crate) const RECYCLE_SUFFIX: &str = ".recycle";
@@ -271,6 +277,29 @@ impl Inner {
                 .is_none_or(|at| at.elapsed() >= Duration::from_millis(PREP_RETRY_MS))
     }
 
+    /// How fast to pre-write segment `base`, `done` bytes in: stay half a segment ahead of
+    /// where the tail will need it, one write at a time, so the log's flushes never queue
+    /// behind a burst of zeroes; full speed when nothing is appended or an append waits for
+    /// this very segment.
+    fn prep_pace(&self, base: u64, done: u64) -> Pace {
+        let st = self.st.borrow();
+        if st.closed {
+            return Pace::Stop;
+        }
+        if st.prep.want >= base
+            || st.last_append_at.elapsed() >= Duration::from_millis(PREP_IDLE_MS)
+        {
+            return Pace::Fast;
+        }
+        let seg = self.config.segment_bytes;
+        let lead_limit = st.tail + u64::from(self.config.segments_ahead) * seg + seg / 2;
+        if base + done <= lead_limit {
+            Pace::Slow
+        } else {
+            Pace::Pause(Duration::from_millis(PREP_PAUSE_MS))
+        }
+    }
+
     /// Base of the next segment to prepare, if the tail needs more ahead of it.
     pub(super) fn next_prep_base(&self, st: &State) -> Option<u64> {
         let seg = self.config.segment_bytes;
@@ -413,6 +442,8 @@ async fn checkpoint_task(inner: Rc<Inner>, mut file: CheckpointFile, cp: Checkpo
         Ok(()) => inner.st.borrow_mut().checkpoint = Some(file),
         Err(e) => inner.fail(LogError::io("writing the checkpoint", e)),
     }
+    // `close` waits for the checkpoint file to come back.
+    inner.room.notify(usize::MAX);
 }
 
 async fn prep_task(inner: Rc<Inner>, attempt: u64) {
@@ -429,11 +460,13 @@ async fn prep_task(inner: Rc<Inner>, attempt: u64) {
             }
         };
         let path = inner.dir.join(segment_name(base));
+        let pace = |done: u64| inner.prep_pace(base, done);
         let prepared = prepare_segment(
             &inner.dir,
             base,
             inner.config.segment_bytes,
             recycled.clone(),
+            &pace,
         )
         .await;
         let opened = match prepared {
@@ -452,7 +485,9 @@ async fn prep_task(inner: Rc<Inner>, attempt: u64) {
                 inner.pump();
             }
             Err(e) => {
-                inner.prep_finished(attempt, Some(LogError::preparing(&path, e)));
+                let closing = inner.st.borrow().closed;
+                let error = (!closing).then(|| LogError::preparing(&path, e));
+                inner.prep_finished(attempt, error);
                 return;
             }
         }
