@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use quiver_bench::engine::{AppendLoad, run_phase};
 use quiver_engine::{CommitLog, FlushMode, LogConfig, NewRecord};
 
@@ -132,4 +132,32 @@ fn read(c: &mut Criterion) {
 }
 
 criterion_group!(benches, append, read);
-criterion_main!(benches);
+
+/// The baseline, measured first in the same run on the same disk (`BENCH_FIO_MIB`, default 4096;
+/// 0 skips it).
+fn fio_baseline() {
+    let mib = std::env::var("BENCH_FIO_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    if mib == 0 {
+        return;
+    }
+    let dir = bench_dir("fio");
+    let _ = std::fs::create_dir_all(&dir);
+    match quiver_bench::fio::measure(&dir, mib) {
+        Ok(b) => println!(
+            "fio baseline, {mib} MiB, 64 KiB writes x8 in flight: O_DIRECT new file {:.0} MB/s, \
+             O_DIRECT pre-written {:.0} MB/s, buffered+fsync {:.0} MB/s",
+            b.direct_new_file_mb_s, b.direct_prewritten_mb_s, b.buffered_mb_s
+        ),
+        Err(e) => println!("fio baseline skipped: {e}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    fio_baseline();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -180,6 +180,9 @@ struct Prep {
     want: u64,
     /// When the last attempt failed; background retries wait a while after it.
     failed_at: Option<Instant>,
+    /// The tail when last seen moving, and when: pre-writing runs at full speed once the log
+    /// has been idle a while (watched here rather than timestamping every append).
+    tail_seen: std::cell::Cell<(u64, Instant)>,
     /// The last failed attempt and its error.
     error: Option<(u64, LogError)>,
 }
@@ -212,8 +215,7 @@ struct State {
     checkpoint_at: Instant,
     failed: Option<LogError>,
     closed: bool,
-    /// When the last append was placed; segment preparation runs at full speed when idle.
-    last_append_at: Instant,
+
     prep: Prep,
     stats: LogStats,
 }
@@ -327,6 +329,13 @@ impl CommitLog {
             .map_err(|e| LogError::io("writing the checkpoint", e))?;
         inner.lock.borrow_mut().take();
         Ok(())
+    }
+
+    /// Retires whole segments ending at or before `pos` (never one holding data not yet
+    /// durable): they leave the log and are kept for reuse as future segments, or deleted.
+    /// Reads below the new start get [`crate::ReadError::BeforeStart`]. Returns how many.
+    pub async fn retire_segments_before(&self, pos: u64) -> Result<usize, LogError> {
+        self.inner.retire_before(pos).await
     }
 
     /// Current positions.
@@ -445,7 +454,6 @@ impl Inner {
             return Err(TryAppendError::Failed(LogError::Closed));
         }
         let end = self.plan(&st, &lens)?;
-        st.last_append_at = Instant::now();
         let now = now_ms().max(st.last_store_timestamp_ms);
         st.last_store_timestamp_ms = now;
         let generation = st.generation;

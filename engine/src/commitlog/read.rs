@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{CommitLog, Inner, State};
-use crate::error::{LogError, ReadError};
+use crate::error::ReadError;
 use crate::record::{HEADER_BYTES, Record, RecordHeader, RecordKind};
 use crate::segment::read_exact_at;
 
@@ -123,12 +123,6 @@ impl CommitLog {
     pub async fn read_record_sized(&self, pos: u64, len: usize) -> Result<Record, ReadError> {
         let bytes = self.read(pos, len).await?;
         Record::parse(bytes, pos).map_err(|error| ReadError::Corrupt { pos, error })
-    }
-
-    /// Retires whole segments ending at or before `pos` (never unwritten data): they leave the
-    /// log and are kept for reuse as future segments, or deleted. Returns how many.
-    pub async fn retire_segments_before(&self, pos: u64) -> Result<usize, LogError> {
-        self.inner.retire_before(pos).await
     }
 }
 

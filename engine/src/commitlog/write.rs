@@ -286,9 +286,14 @@ impl Inner {
         if st.closed {
             return Pace::Stop;
         }
-        if st.prep.want >= base
-            || st.last_append_at.elapsed() >= Duration::from_millis(PREP_IDLE_MS)
-        {
+        let (seen_tail, seen_at) = st.prep.tail_seen.get();
+        let idle = if seen_tail == st.tail {
+            seen_at.elapsed() >= Duration::from_millis(PREP_IDLE_MS)
+        } else {
+            st.prep.tail_seen.set((st.tail, Instant::now()));
+            false
+        };
+        if st.prep.want >= base || idle {
             return Pace::Fast;
         }
         let seg = self.config.segment_bytes;
@@ -345,16 +350,15 @@ impl Inner {
         self.room.notify(usize::MAX);
     }
 
-    /// Retires whole segments that end at or before `pos` (and before the write position):
-    /// they leave the log and are kept for reuse as future segments, or deleted. Reads below
-    /// the new start get [`crate::ReadError::BeforeStart`]. Returns how many were retired.
+    /// See [`super::CommitLog::retire_segments_before`].
     pub(super) async fn retire_before(self: &Rc<Self>, pos: u64) -> Result<usize, LogError> {
         let seg = self.config.segment_bytes;
         let keep = u64::from(self.config.segments_ahead) as usize + 1;
         let mut moves: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
         {
             let mut st = self.st.borrow_mut();
-            let limit = pos.min(self.segment_base(st.written));
+            // Only whole segments of durable data: a recycled file is overwritten soon after.
+            let limit = pos.min(self.segment_base(st.durable));
             let retired: Vec<u64> = st
                 .segments
                 .range(..limit)
