@@ -47,6 +47,12 @@ pub struct EngineArgs {
     /// Segment size in MiB (segments behind the tail are retired and recycled).
     #[arg(long, default_value_t = 256)]
     segment_mib: u64,
+    /// Write buffer of the log in MiB (`write_buffer_bytes`).
+    #[arg(long, default_value_t = 16)]
+    write_buffer_mib: u64,
+    /// Read cache of the log in MiB (`read_cache_bytes`).
+    #[arg(long, default_value_t = 32)]
+    read_cache_mib: u64,
     /// Size of the fio baseline file in MiB (0 skips fio).
     #[arg(long, default_value_t = 4096)]
     fio_mib: u64,
@@ -183,6 +189,8 @@ fn one_run(
             flush,
             io,
             segment_bytes: args.segment_mib << 20,
+            write_buffer_bytes: args.write_buffer_mib << 20,
+            read_cache_bytes: args.read_cache_mib << 20,
             ..LogConfig::default()
         },
         appenders,

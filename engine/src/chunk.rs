@@ -21,44 +21,51 @@ use crate::config::PAGE_BYTES;
 /// Chunks kept for reuse beyond those in use.
 const POOL_FREE_CHUNKS_MAX: usize = 8;
 
-/// Heap memory aligned to [`PAGE_BYTES`].
+/// Anonymous memory mapped straight from the kernel: page-aligned for direct I/O, zeroed, and
+/// returned to the kernel when dropped. Not from the global allocator: glibc serves repeated
+/// 1 MiB allocations from its heap once one is freed and keeps what is freed, which made a
+/// log's resident memory grow to seven times its live chunks (BENCHMARKS.md, "Memory").
 struct AlignedMem {
     ptr: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: AlignedMem is a uniquely owned heap allocation; sharing rules are enforced by Chunk.
+// SAFETY: AlignedMem is a uniquely owned mapping; sharing rules are enforced by Chunk.
 unsafe impl Send for AlignedMem {}
 // SAFETY: as above; &AlignedMem only exposes the raw pointer.
 unsafe impl Sync for AlignedMem {}
 
 impl AlignedMem {
-    fn layout(len: usize) -> Layout {
-        match Layout::from_size_align(len, PAGE_BYTES) {
-            Ok(layout) => layout,
-            Err(_) => panic!("chunk size {len} is not a valid allocation size"),
-        }
-    }
-
     fn new_zeroed(len: usize) -> AlignedMem {
         assert!(
             len > 0 && len.is_multiple_of(PAGE_BYTES),
             "chunk size must be whole pages"
         );
-        let layout = AlignedMem::layout(len);
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            alloc::handle_alloc_error(layout)
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let mapped = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
         };
-        AlignedMem { ptr, len }
+        match mapped.ok().and_then(|p| NonNull::new(p.cast::<u8>())) {
+            Some(ptr) => AlignedMem { ptr, len },
+            None => match Layout::from_size_align(len, PAGE_BYTES) {
+                Ok(layout) => alloc::handle_alloc_error(layout),
+                Err(_) => unreachable!("chunk sizes are valid layouts"),
+            },
+        }
     }
 }
 
 impl Drop for AlignedMem {
     fn drop(&mut self) {
-        // SAFETY: allocated in new_zeroed with this very layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), AlignedMem::layout(self.len)) }
+        // SAFETY: the mapping was created in new_zeroed with this length and nothing refers
+        // to it any more (the last SharedMem holding it is being dropped).
+        let unmapped = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+        debug_assert!(unmapped.is_ok(), "munmap of a chunk failed");
     }
 }
 
