@@ -39,13 +39,14 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 1024)]
     record_bytes: usize,
     /// Seconds of warm-up per configuration (segments get recycled, buffers warm).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 3.0)]
     warmup_secs: f64,
     /// Seconds measured per configuration.
     #[arg(long, default_value_t = 5.0)]
     measure_secs: f64,
-    /// Segment size in MiB (segments behind the tail are retired and recycled).
-    #[arg(long, default_value_t = 256)]
+    /// Segment size in MiB (segments behind the tail are retired and recycled; small enough
+    /// that the warm-up reaches recycling, so runs measure the steady state).
+    #[arg(long, default_value_t = 64)]
     segment_mib: u64,
     /// Write buffer of the log in MiB (`write_buffer_bytes`).
     #[arg(long, default_value_t = 16)]

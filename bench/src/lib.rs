@@ -2,6 +2,8 @@
 //! `quiver bench engine` and the criterion benches, the durability probe's record format,
 //! and the `fio` baseline every figure is compared with.
 
+#![deny(missing_docs)]
+
 pub mod engine;
 pub mod fio;
 pub mod probe;
