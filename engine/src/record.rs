@@ -161,6 +161,11 @@ pub struct NewRecord<'a> {
 }
 
 impl NewRecord<'_> {
+    /// Length of the record on disk, header included, unchecked.
+    fn total_len(&self) -> usize {
+        HEADER_BYTES + self.topic.len() + self.keys.len() + self.properties.len() + self.body.len()
+    }
+
     /// Length the record will have on disk, or why it cannot be stored.
     pub fn encoded_len(&self, max_record_bytes: usize) -> Result<usize, RecordError> {
         if self.topic.is_empty() {
@@ -177,11 +182,7 @@ impl NewRecord<'_> {
                 "properties longer than MAX_PROPERTIES_BYTES",
             ));
         }
-        let len = HEADER_BYTES
-            + self.topic.len()
-            + self.keys.len()
-            + self.properties.len()
-            + self.body.len();
+        let len = self.total_len();
         if len > max_record_bytes {
             return Err(RecordError::BadLength(
                 "record longer than max_record_bytes",
@@ -199,22 +200,8 @@ impl NewRecord<'_> {
         generation: u32,
         store_timestamp_ms: u64,
     ) -> RecordHeader {
-        debug_assert_eq!(
-            total_len,
-            HEADER_BYTES
-                + self.topic.len()
-                + self.keys.len()
-                + self.properties.len()
-                + self.body.len()
-        );
+        debug_assert_eq!(total_len, self.total_len());
         let mut header = RecordHeader {
-            total_len: U32::new(total_len as u32),
-            crc: U32::ZERO,
-            magic: U16::new(RECORD_MAGIC),
-            version: FORMAT_VERSION,
-            kind: RecordKind::Message as u8,
-            generation: U32::new(generation),
-            log_pos: U64::new(log_pos),
             queue_offset: U64::new(self.queue_offset),
             store_timestamp_ms: U64::new(store_timestamp_ms),
             born_timestamp_ms: U64::new(self.born_timestamp_ms),
@@ -225,7 +212,7 @@ impl NewRecord<'_> {
             topic_len: U16::new(self.topic.len() as u16),
             keys_len: U16::new(self.keys.len() as u16),
             properties_len: U16::new(self.properties.len() as u16),
-            reserved: U16::ZERO,
+            ..prelude(RecordKind::Message, total_len, log_pos, generation)
         };
         let mut crc = crc32c::crc32c(&header.as_bytes()[CRC_START..]);
         for part in self.variable_parts() {
@@ -243,11 +230,7 @@ impl NewRecord<'_> {
     /// Encodes the whole record into a new buffer. The log writes the parts in place instead;
     /// this is for tests and tools.
     pub fn encode(&self, log_pos: u64, generation: u32, store_timestamp_ms: u64) -> Vec<u8> {
-        let len = HEADER_BYTES
-            + self.topic.len()
-            + self.keys.len()
-            + self.properties.len()
-            + self.body.len();
+        let len = self.total_len();
         let header = self.header(len, log_pos, generation, store_timestamp_ms);
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(header.as_bytes());
@@ -258,6 +241,19 @@ impl NewRecord<'_> {
     }
 }
 
+/// The fields every record starts with; the rest zero, the CRC still to compute.
+fn prelude(kind: RecordKind, total_len: usize, log_pos: u64, generation: u32) -> RecordHeader {
+    RecordHeader {
+        total_len: U32::new(total_len as u32),
+        magic: U16::new(RECORD_MAGIC),
+        version: FORMAT_VERSION,
+        kind: kind as u8,
+        generation: U32::new(generation),
+        log_pos: U64::new(log_pos),
+        ..RecordHeader::new_zeroed()
+    }
+}
+
 /// The header of a padding record of `total_len` bytes at `log_pos`.
 pub fn padding_header(total_len: usize, log_pos: u64, generation: u32) -> RecordHeader {
     assert!(total_len >= HEADER_BYTES, "padding shorter than a header");
@@ -265,16 +261,7 @@ pub fn padding_header(total_len: usize, log_pos: u64, generation: u32) -> Record
         total_len <= u32::MAX as usize,
         "padding longer than a u32 length"
     );
-    let mut header = RecordHeader {
-        total_len: U32::new(total_len as u32),
-        crc: U32::ZERO,
-        magic: U16::new(RECORD_MAGIC),
-        version: FORMAT_VERSION,
-        kind: RecordKind::Padding as u8,
-        generation: U32::new(generation),
-        log_pos: U64::new(log_pos),
-        ..RecordHeader::new_zeroed()
-    };
+    let mut header = prelude(RecordKind::Padding, total_len, log_pos, generation);
     header.crc = U32::new(crc32c::crc32c(&header.as_bytes()[CRC_START..]));
     header
 }

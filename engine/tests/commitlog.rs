@@ -23,6 +23,16 @@ fn small_config(flush: FlushMode, io: IoMode) -> LogConfig {
     }
 }
 
+/// Async mode whose interval timer never fires during a test: only volume or an explicit
+/// request makes data durable.
+fn no_timer_config() -> LogConfig {
+    LogConfig {
+        flush_interval_ms: 60_000,
+        flush_bytes: 16 * 1024,
+        ..small_config(FlushMode::Async, IoMode::Direct)
+    }
+}
+
 /// Deterministic body for message `i`, of a length that varies so records straddle pages,
 /// chunks and segment ends in many ways.
 fn body(i: u64) -> Vec<u8> {
@@ -338,12 +348,9 @@ async fn async_mode_flushes_by_interval_without_being_asked() {
 #[compio::test]
 async fn async_mode_flushes_by_volume() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        flush_interval_ms: 60_000,
-        flush_bytes: 16 * 1024,
-        ..small_config(FlushMode::Async, IoMode::Direct)
-    };
-    let (log, _) = CommitLog::open(dir.path(), config).await.unwrap();
+    let (log, _) = CommitLog::open(dir.path(), no_timer_config())
+        .await
+        .unwrap();
     append_n(&log, 0, 60).await;
     compio::time::timeout(Duration::from_secs(20), log.wait_durable(16 * 1024))
         .await
@@ -366,12 +373,9 @@ fn inodes(dir: &Path, pick: impl Fn(&str) -> bool) -> Vec<u64> {
 #[compio::test]
 async fn flush_and_close_finish_without_the_interval_timer() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        flush_interval_ms: 60_000,
-        flush_bytes: 16 * 1024,
-        ..small_config(FlushMode::Async, IoMode::Direct)
-    };
-    let (log, _) = CommitLog::open(dir.path(), config).await.unwrap();
+    let (log, _) = CommitLog::open(dir.path(), no_timer_config())
+        .await
+        .unwrap();
     // Appends leave writes and volume-triggered flushes in flight when `flush` is called; the
     // flush must still cover everything appended, however those complete.
     for round in 0..50 {

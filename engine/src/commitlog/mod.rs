@@ -360,11 +360,6 @@ impl CommitLog {
         &self.inner.config
     }
 
-    /// The generation this writer stamps on records.
-    pub fn generation(&self) -> u32 {
-        self.inner.st.borrow().generation
-    }
-
     /// Bases of the segment files, oldest first, including those prepared ahead.
     pub fn segment_bases(&self) -> Vec<u64> {
         self.inner.st.borrow().segments.keys().copied().collect()
@@ -389,16 +384,24 @@ impl Inner {
         }
     }
 
+    /// Where a record of `len` bytes goes when the log ends at `tail`: there, or at the start
+    /// of the next segment when it would leave no room for a padding header before the end of
+    /// this one (the rest of this one is then padding).
+    fn record_pos(&self, tail: u64, len: usize) -> u64 {
+        let seg_end = self.segment_base(tail) + self.config.segment_bytes;
+        if tail + (len + HEADER_BYTES) as u64 > seg_end {
+            seg_end
+        } else {
+            tail
+        }
+    }
+
     /// Plans where each record goes without changing anything; returns the end position, or
     /// what the batch waits for.
     fn plan(&self, st: &State, lens: &[usize]) -> Result<u64, TryAppendError> {
-        let seg = self.config.segment_bytes;
         let mut tail = st.tail;
         for &len in lens {
-            let seg_end = self.segment_base(tail) + seg;
-            if tail + (len + HEADER_BYTES) as u64 > seg_end {
-                tail = seg_end;
-            }
+            tail = self.record_pos(tail, len);
             let base = self.segment_base(tail);
             if !st.segments.contains_key(&base) {
                 return Err(TryAppendError::NoRoom(Blocked {
@@ -458,15 +461,14 @@ impl Inner {
         st.last_store_timestamp_ms = now;
         let generation = st.generation;
         for (record, &len) in records.iter().zip(&lens) {
-            let seg_end = self.segment_base(st.tail) + self.config.segment_bytes;
-            if st.tail + (len + HEADER_BYTES) as u64 > seg_end {
-                let pad = (seg_end - st.tail) as usize;
+            let pos = self.record_pos(st.tail, len);
+            if pos != st.tail {
+                let pad = (pos - st.tail) as usize;
                 let header = padding_header(pad, st.tail, generation);
                 self.put(&mut st, header.as_bytes());
                 self.put_zeros(&mut st, pad - HEADER_BYTES);
-                debug_assert_eq!(st.tail, seg_end);
             }
-            let pos = st.tail;
+            debug_assert_eq!(st.tail, pos);
             let header = record.header(len, pos, generation, now);
             self.put(&mut st, header.as_bytes());
             for part in record.variable_parts() {

@@ -8,7 +8,6 @@
 //! - a flush is issued only for bytes whose writes completed, so it covers them. The next write
 //!   may run during that flush: it only rewrites a partial page with a superset of its bytes.
 
-use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -77,7 +76,6 @@ impl Inner {
     pub(super) fn pump(self: &Rc<Self>) {
         let mut writes = Vec::new();
         let mut flush = None;
-        let start_prep;
         {
             let mut st = self.st.borrow_mut();
             if st.failed.is_some() {
@@ -107,8 +105,6 @@ impl Inner {
                     });
                 }
             }
-            start_prep =
-                !st.prep.running && self.prep_allowed(&st) && self.next_prep_base(&st).is_some();
         }
         for write in writes {
             compio::runtime::spawn(write_task(Rc::clone(self), write)).detach();
@@ -116,9 +112,7 @@ impl Inner {
         if let Some(flush) = flush {
             compio::runtime::spawn(flush_task(Rc::clone(self), flush)).detach();
         }
-        if start_prep {
-            self.ensure_prepared();
-        }
+        self.ensure_prepared();
     }
 
     /// The next write, if one may go now.
@@ -353,9 +347,7 @@ impl Inner {
     /// See [`super::CommitLog::retire_segments_before`].
     pub(super) async fn retire_before(self: &Rc<Self>, pos: u64) -> Result<usize, LogError> {
         let seg = self.config.segment_bytes;
-        let keep = u64::from(self.config.segments_ahead) as usize + 1;
-        let mut moves: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
-        {
+        let (retired, mut recycle_slots) = {
             let mut st = self.st.borrow_mut();
             // Only whole segments of durable data: a recycled file is overwritten soon after.
             let limit = pos.min(self.segment_base(st.durable));
@@ -367,49 +359,41 @@ impl Inner {
                 .collect();
             for base in &retired {
                 st.segments.remove(base);
-                let from = self.dir.join(segment_name(*base));
-                if st.recyclable.len() + moves.iter().filter(|(_, to)| to.is_some()).count() < keep
-                {
-                    moves.push((
-                        from.clone(),
-                        Some(
-                            self.dir
-                                .join(format!("{}{RECYCLE_SUFFIX}", segment_name(*base))),
-                        ),
-                    ));
-                } else {
-                    moves.push((from, None));
-                }
             }
             if let Some(&first) = st.segments.keys().next() {
                 st.start = st.start.max(first);
             }
             let start = st.start;
-            while st
-                .chunks
-                .front()
-                .is_some_and(|c| c.end() <= start && c.end() <= st.written)
-            {
+            while st.chunks.front().is_some_and(|c| c.end() <= start) {
                 st.chunks.pop_front();
             }
-        }
-        let retired = moves.len();
-        for (from, to) in moves {
-            let result = match &to {
-                Some(to) => compio::fs::rename(&from, to).await,
-                None => compio::fs::remove_file(&from).await,
-            };
-            result.map_err(|e| LogError::io("retiring a segment", e))?;
-            if let Some(to) = to {
+            // Keep enough retired files to prepare the segments ahead; delete the rest.
+            let keep = self.config.segments_ahead as usize + 1;
+            (retired, keep.saturating_sub(st.recyclable.len()))
+        };
+        for &base in &retired {
+            let from = self.dir.join(segment_name(base));
+            if recycle_slots > 0 {
+                let to = self
+                    .dir
+                    .join(format!("{}{RECYCLE_SUFFIX}", segment_name(base)));
+                compio::fs::rename(&from, &to)
+                    .await
+                    .map_err(|e| LogError::io("retiring a segment", e))?;
                 self.st.borrow_mut().recyclable.push(to);
+                recycle_slots -= 1;
+            } else {
+                compio::fs::remove_file(&from)
+                    .await
+                    .map_err(|e| LogError::io("retiring a segment", e))?;
             }
         }
-        if retired > 0 {
+        if !retired.is_empty() {
             segment::sync_dir(&self.dir)
                 .await
                 .map_err(|e| LogError::io("syncing the log directory", e))?;
         }
-        Ok(retired)
+        Ok(retired.len())
     }
 }
 
