@@ -222,9 +222,136 @@ impl LogConfig {
     }
 }
 
+/// Settings of a whole store: the shards, their logs and indexes, and retention. Every field has
+/// a default; a TOML file need only name what it changes, with the log's settings under `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Shard threads (each pinned to a core). 0, the default, means one per core.
+    pub shards: usize,
+    /// Pin each shard thread to its own core. Default true.
+    pub pin_threads: bool,
+    /// Requests that may wait for a shard thread before senders wait (or get `Busy`). Default
+    /// 4096.
+    pub request_queue_depth: usize,
+    /// Entries per offset-index file. Default 300,000 (6 MB files), as RocketMQ's
+    /// `mappedFileSizeConsumeQueue`.
+    pub cq_file_entries: u64,
+    /// Hash slots per key-index file. Default 262,144.
+    pub key_index_slots: u32,
+    /// Entries per key-index file; a full file is sealed and a new one started. Default
+    /// 1,048,576 (20 MiB of entries).
+    pub key_index_entries: u32,
+    /// Segments older than this (by last write) are deleted. Default 72, as RocketMQ's
+    /// `fileReservedTime`.
+    pub retention_hours: f64,
+    /// Above this share of the disk in use, the oldest segments are deleted whatever their
+    /// age. Default 0.75, as RocketMQ's `diskMaxUsedSpaceRatio`.
+    pub disk_max_used_ratio: f64,
+    /// How often retention runs. Default 10,000, as RocketMQ's `cleanResourceInterval`.
+    pub retention_check_interval_ms: u64,
+    /// Settings of each shard's commit log.
+    pub log: LogConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            shards: 0,
+            pin_threads: true,
+            request_queue_depth: 4096,
+            cq_file_entries: 300_000,
+            key_index_slots: 1 << 18,
+            key_index_entries: 1 << 20,
+            retention_hours: 72.0,
+            disk_max_used_ratio: 0.75,
+            retention_check_interval_ms: 10_000,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Parses TOML text and validates it.
+    pub fn from_toml(text: &str) -> Result<StoreConfig, ConfigError> {
+        let config: StoreConfig = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<StoreConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        StoreConfig::from_toml(&text)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.log.validate()?;
+        if self.shards > 1024 {
+            return Err(invalid("shards", "must be at most 1024"));
+        }
+        if self.request_queue_depth == 0 || self.request_queue_depth > 1 << 20 {
+            return Err(invalid(
+                "request_queue_depth",
+                "must be between 1 and 1048576",
+            ));
+        }
+        if self.cq_file_entries < 2 || self.cq_file_entries > 1 << 26 {
+            return Err(invalid("cq_file_entries", "must be between 2 and 67108864"));
+        }
+        if self.key_index_slots == 0 || self.key_index_slots > 1 << 26 {
+            return Err(invalid("key_index_slots", "must be between 1 and 67108864"));
+        }
+        if self.key_index_entries == 0 || self.key_index_entries > 1 << 26 {
+            return Err(invalid(
+                "key_index_entries",
+                "must be between 1 and 67108864",
+            ));
+        }
+        if !(self.retention_hours > 0.0 && self.retention_hours.is_finite()) {
+            return Err(invalid("retention_hours", "must be a positive number"));
+        }
+        if !(self.disk_max_used_ratio > 0.0 && self.disk_max_used_ratio <= 1.0) {
+            return Err(invalid("disk_max_used_ratio", "must be in (0, 1]"));
+        }
+        if self.retention_check_interval_ms == 0 {
+            return Err(invalid("retention_check_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Shard threads to run, with 0 resolved to the number of cores.
+    pub fn thread_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_config_nests_the_log_and_names_fields() {
+        let config = StoreConfig::from_toml("shards = 2\n[log]\nflush = \"sync\"").unwrap();
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.log.flush, FlushMode::Sync);
+        assert_eq!(config.retention_hours, 72.0);
+        let err = StoreConfig::from_toml("disk_max_used_ratio = 1.5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`disk_max_used_ratio`"), "{err}");
+        let err = StoreConfig::from_toml("[log]\nsegment_bytes = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`segment_bytes`"), "{err}");
+    }
 
     #[test]
     fn defaults_are_valid_and_match_the_docs() {

@@ -28,17 +28,21 @@ mod checkpoint;
 mod chunk;
 pub mod commitlog;
 pub mod config;
+pub mod consumequeue;
 mod error;
 #[doc(hidden)]
 pub mod fuzz_checks;
+pub mod keyindex;
 pub mod record;
 pub mod scan;
 mod segment;
+pub mod store;
 
 pub use checkpoint::Checkpoint;
 pub use commitlog::{
-    AppendTicket, Appended, Blocked, CommitLog, LogStats, Positions, RecoveryReport, TryAppendError,
+    AppendTicket, Appended, Blocked, CommitLog, LogScanner, LogStats, Positions, RecoveryReport,
+    TryAppendError,
 };
-pub use config::{ConfigError, FlushMode, IoMode, LogConfig};
+pub use config::{ConfigError, FlushMode, IoMode, LogConfig, StoreConfig};
 pub use error::{LogError, OpenError, ReadError, TailKind};
 pub use record::{NewRecord, Record, RecordError, RecordHeader};

@@ -13,6 +13,7 @@
 
 mod open;
 mod read;
+mod scanner;
 mod write;
 
 use std::cell::RefCell;
@@ -28,7 +29,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use event_listener::Event;
 use zerocopy::IntoBytes;
 
-use crate::checkpoint::CheckpointFile;
+use crate::checkpoint::{Checkpoint, SlotFile};
 use crate::chunk::{Chunk, ChunkPool};
 use crate::config::{FlushMode, IoMode, LogConfig};
 use crate::error::LogError;
@@ -36,6 +37,7 @@ use crate::record::{HEADER_BYTES, NewRecord, padding_header};
 use crate::segment::Segment;
 
 pub use open::RecoveryReport;
+pub use scanner::LogScanner;
 
 /// Writes kept in flight at once. Only whole pages are written while others are in flight,
 /// so two writes never cover the same page at the same time.
@@ -211,7 +213,7 @@ struct State {
     recyclable: Vec<PathBuf>,
     generation: u32,
     last_store_timestamp_ms: u64,
-    checkpoint: Option<CheckpointFile>,
+    checkpoint: Option<SlotFile<Checkpoint>>,
     checkpoint_at: Instant,
     failed: Option<LogError>,
     closed: bool,
@@ -324,18 +326,55 @@ impl CommitLog {
             }
             listener.await;
         };
-        file.store(cp)
+        file.store(&cp)
             .await
             .map_err(|e| LogError::io("writing the checkpoint", e))?;
         inner.lock.borrow_mut().take();
         Ok(())
     }
 
-    /// Retires whole segments ending at or before `pos` (never one holding data not yet
-    /// durable): they leave the log and are kept for reuse as future segments, or deleted.
+    /// Retires whole segments ending at or before `pos` (never one a write is still in flight
+    /// to): they leave the log and are kept for reuse as future segments, or deleted.
     /// Reads below the new start get [`crate::ReadError::BeforeStart`]. Returns how many.
     pub async fn retire_segments_before(&self, pos: u64) -> Result<usize, LogError> {
-        self.inner.retire_before(pos).await
+        self.inner.retire_before(pos, true).await
+    }
+
+    /// Like [`Self::retire_segments_before`], but deletes the files instead of keeping them
+    /// for reuse: what freeing disk space needs.
+    pub async fn delete_segments_before(&self, pos: u64) -> Result<usize, LogError> {
+        self.inner.retire_before(pos, false).await
+    }
+
+    /// The position before which every segment was last written before `cutoff` (by file
+    /// modification time, as RocketMQ expires CommitLog files): what time-based retention may
+    /// retire. Only complete segments count.
+    pub async fn expired_before(&self, cutoff: std::time::SystemTime) -> u64 {
+        let (bases, tail_base) = {
+            let st = self.inner.st.borrow();
+            let tail_base = self.inner.segment_base(st.tail);
+            (
+                st.segments
+                    .range(..tail_base)
+                    .map(|(&b, _)| b)
+                    .collect::<Vec<u64>>(),
+                tail_base,
+            )
+        };
+        for base in bases {
+            let path = self.inner.dir.join(crate::segment::segment_name(base));
+            let modified = compio::fs::metadata(&path).await.and_then(|m| m.modified());
+            match modified {
+                Ok(at) if at < cutoff => continue,
+                _ => return base,
+            }
+        }
+        tail_base
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
     }
 
     /// Current positions.

@@ -19,7 +19,7 @@ use event_listener::Event;
 
 use super::write::{RECYCLE_SUFFIX, flush_timer, pump_task};
 use super::{CommitLog, Inner, LogStats, Prep, State};
-use crate::checkpoint::{Checkpoint, CheckpointFile};
+use crate::checkpoint::{CHECKPOINT_FILE, Checkpoint, SlotFile};
 use crate::chunk::{Chunk, ChunkPool};
 use crate::config::{FlushMode, IoMode, LogConfig};
 use crate::error::{LogError, OpenError, TailKind};
@@ -206,9 +206,10 @@ pub(super) async fn open(
         }
     }
 
-    let (mut checkpoint_file, checkpoint) = CheckpointFile::open(dir)
-        .await
-        .map_err(OpenError::io("reading the checkpoint"))?;
+    let (mut checkpoint_file, checkpoint) =
+        SlotFile::<Checkpoint>::open(&dir.join(CHECKPOINT_FILE))
+            .await
+            .map_err(OpenError::io("reading the checkpoint"))?;
 
     let mut segments = BTreeMap::new();
     for &base in &listing.segments {
@@ -229,13 +230,13 @@ pub(super) async fn open(
     let start = listing.segments.first().copied().unwrap_or(0);
     let end_of_files = listing.segments.last().map_or(0, |&b| b + seg_bytes);
     let scanned_from = match checkpoint {
-        Some(cp) if cp.durable_pos > end_of_files => {
+        Some(cp) if cp.durable_pos.get() > end_of_files => {
             return Err(OpenError::CheckpointAhead {
-                durable: cp.durable_pos,
+                durable: cp.durable_pos.get(),
                 end: end_of_files,
             });
         }
-        Some(cp) if cp.durable_pos >= start => cp.durable_pos,
+        Some(cp) if cp.durable_pos.get() >= start => cp.durable_pos.get(),
         _ => start,
     };
     let scanned = scan_segments(&segments, scanned_from, &config).await?;
@@ -256,19 +257,16 @@ pub(super) async fn open(
     let previous = checkpoint.unwrap_or_default();
     let generation = previous
         .generation
+        .get()
         .max(scanned.state.max_generation)
         .checked_add(1)
         .ok_or_else(|| layout_error(dir, "writer generation exhausted".into()))?;
     let last_store_timestamp_ms = previous
         .last_store_timestamp_ms
+        .get()
         .max(scanned.state.max_store_timestamp_ms);
     checkpoint_file
-        .store(Checkpoint {
-            sequence: 0,
-            generation,
-            durable_pos: end,
-            last_store_timestamp_ms,
-        })
+        .store(&Checkpoint::new(generation, end, last_store_timestamp_ms))
         .await
         .map_err(OpenError::io("writing the checkpoint"))?;
 

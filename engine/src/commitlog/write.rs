@@ -18,7 +18,7 @@ use super::{
     CHECKPOINT_INTERVAL_MS, FLUSHES_IN_FLIGHT_MAX, InFlightWrite, Inner, State,
     WRITES_IN_FLIGHT_MAX,
 };
-use crate::checkpoint::{Checkpoint, CheckpointFile};
+use crate::checkpoint::{Checkpoint, SlotFile};
 use crate::chunk::WriteBuf;
 use crate::config::{FlushMode, IoMode, PAGE_BYTES};
 use crate::error::LogError;
@@ -254,12 +254,11 @@ impl Inner {
 
     /// What the checkpoint should say now.
     pub(super) fn checkpoint_of(&self, st: &State) -> Checkpoint {
-        Checkpoint {
-            sequence: 0,
-            generation: st.generation,
-            durable_pos: st.durable_boundary,
-            last_store_timestamp_ms: st.last_store_timestamp_ms,
-        }
+        Checkpoint::new(
+            st.generation,
+            st.durable_boundary,
+            st.last_store_timestamp_ms,
+        )
     }
 
     fn prep_allowed(&self, st: &State) -> bool {
@@ -345,12 +344,16 @@ impl Inner {
     }
 
     /// See [`super::CommitLog::retire_segments_before`].
-    pub(super) async fn retire_before(self: &Rc<Self>, pos: u64) -> Result<usize, LogError> {
+    pub(super) async fn retire_before(
+        self: &Rc<Self>,
+        pos: u64,
+        recycle: bool,
+    ) -> Result<usize, LogError> {
         let seg = self.config.segment_bytes;
         let (retired, mut recycle_slots) = {
             let mut st = self.st.borrow_mut();
-            // Only whole segments of durable data: a recycled file is overwritten soon after.
-            let limit = pos.min(self.segment_base(st.durable));
+            // Only whole segments with no write in flight: a recycled file is overwritten soon.
+            let limit = pos.min(self.segment_base(st.written));
             let retired: Vec<u64> = st
                 .segments
                 .range(..limit)
@@ -368,7 +371,11 @@ impl Inner {
                 st.chunks.pop_front();
             }
             // Keep enough retired files to prepare the segments ahead; delete the rest.
-            let keep = self.config.segments_ahead as usize + 1;
+            let keep = if recycle {
+                self.config.segments_ahead as usize + 1
+            } else {
+                0
+            };
             (retired, keep.saturating_sub(st.recyclable.len()))
         };
         for &base in &retired {
@@ -425,8 +432,8 @@ async fn flush_task(inner: Rc<Inner>, flush: PlannedFlush) {
     inner.flush_done(flush.target, flush.boundary, started);
 }
 
-async fn checkpoint_task(inner: Rc<Inner>, mut file: CheckpointFile, cp: Checkpoint) {
-    match file.store(cp).await {
+async fn checkpoint_task(inner: Rc<Inner>, mut file: SlotFile<Checkpoint>, cp: Checkpoint) {
+    match file.store(&cp).await {
         Ok(()) => inner.st.borrow_mut().checkpoint = Some(file),
         Err(e) => inner.fail(LogError::io("writing the checkpoint", e)),
     }

@@ -1,0 +1,557 @@
+//! The offset index of one queue (RocketMQ's ConsumeQueue): fixed 20-byte entries, one per
+//! message, in queue-offset order, giving the message's log position, size and tag hash. Entry
+//! `n` of a file starting at queue offset `f` describes offset `f + n`: a lookup is a map probe
+//! and one read.
+//!
+//! Files are named by their first queue offset (20 digits) and end at a multiple of
+//! `file_entries`. Entries are appended by the shard's dispatch in log order, kept in memory
+//! until written, and written through the page cache; the log is the source of truth, so after
+//! a crash the index is truncated to what the shard's index checkpoint vouches for and rebuilt
+//! from the log (see `shard.rs`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use compio::fs::{File, OpenOptions};
+use compio::io::AsyncWriteAtExt;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::record::HEADER_BYTES;
+use crate::segment::{parse_segment_name, read_exact_at, segment_name};
+
+/// Size of one entry on disk.
+pub const CQ_ENTRY_BYTES: usize = 20;
+
+/// One message of a queue.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct CqEntry {
+    /// Log position of the record.
+    pub log_pos: U64,
+    /// Length of the record.
+    pub size: U32,
+    /// Tag hash of the message, for filtering without reading the record.
+    pub tag_hash: U64,
+}
+
+const _: () = assert!(size_of::<CqEntry>() == CQ_ENTRY_BYTES);
+
+impl CqEntry {
+    /// An entry.
+    pub fn new(log_pos: u64, size: u32, tag_hash: u64) -> CqEntry {
+        CqEntry {
+            log_pos: U64::new(log_pos),
+            size: U32::new(size),
+            tag_hash: U64::new(tag_hash),
+        }
+    }
+
+    /// Log position just past the record.
+    pub fn end(&self) -> u64 {
+        self.log_pos.get() + u64::from(self.size.get())
+    }
+}
+
+/// How many leading entries of `bytes` are valid: whole entries with sizes between a header and
+/// `max_record_bytes`, each starting at or after the end of the one before (and after
+/// `after_end`). Anything after the first invalid entry is a torn or corrupt tail.
+pub fn valid_prefix(bytes: &[u8], max_record_bytes: u32, after_end: u64) -> usize {
+    let whole = bytes.len() / CQ_ENTRY_BYTES;
+    let Ok(entries) = <[CqEntry]>::ref_from_bytes(&bytes[..whole * CQ_ENTRY_BYTES]) else {
+        return 0;
+    };
+    let mut prev_end = after_end;
+    for (i, entry) in entries.iter().enumerate() {
+        let size = entry.size.get();
+        let valid = size as usize >= HEADER_BYTES
+            && size <= max_record_bytes
+            && entry.log_pos.get() >= prev_end
+            && entry.log_pos.get().checked_add(u64::from(size)).is_some();
+        if !valid {
+            return i;
+        }
+        prev_end = entry.end();
+    }
+    whole
+}
+
+/// The offset index of one queue.
+pub(crate) struct ConsumeQueue {
+    dir: PathBuf,
+    file_entries: u64,
+    /// First queue offset of each file, and the file.
+    files: BTreeMap<u64, File>,
+    /// The lowest offset whose record is still in the log.
+    min_offset: u64,
+    /// Offsets below this are in files.
+    written: u64,
+    /// Entries `[written, max_offset)`, not yet in files.
+    unwritten: VecDeque<CqEntry>,
+    /// A write of `unwritten` is in flight.
+    writing: bool,
+    /// Files written since the last sync.
+    unsynced: Vec<File>,
+    /// No entry yet: the first one pushed sets the starting offset.
+    empty: bool,
+}
+
+/// A file name is its first queue offset, 20 digits, like a segment.
+fn file_name(first: u64) -> String {
+    segment_name(first)
+}
+
+async fn open_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .await
+}
+
+/// Reads entries `[index, index + count)` of `file`.
+async fn read_entries(file: &File, index: u64, count: usize) -> io::Result<Vec<CqEntry>> {
+    let len = count * CQ_ENTRY_BYTES;
+    let compio::BufResult(result, bytes) =
+        read_exact_at(file, Vec::new(), len, index * CQ_ENTRY_BYTES as u64).await;
+    result?;
+    match <[CqEntry]>::ref_from_bytes(&bytes) {
+        Ok(entries) => Ok(entries.to_vec()),
+        Err(_) => Err(io::Error::other("offset index read of a partial entry")),
+    }
+}
+
+impl ConsumeQueue {
+    /// Opens the index in `dir`, keeping only entries whose records start before `keep_below`
+    /// (what the shard's index checkpoint vouches for) and are valid; the rest is truncated,
+    /// to be rebuilt from the log.
+    pub(crate) async fn open(
+        dir: &Path,
+        file_entries: u64,
+        max_record_bytes: u32,
+        keep_below: u64,
+    ) -> io::Result<ConsumeQueue> {
+        std::fs::create_dir_all(dir)?;
+        let mut firsts: Vec<(u64, u64)> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+                firsts.push((first, entry.metadata()?.len()));
+            }
+        }
+        firsts.sort_unstable();
+        let mut files = BTreeMap::new();
+        for &(first, _) in &firsts {
+            files.insert(first, open_file(&dir.join(file_name(first))).await?);
+        }
+        let mut queue = ConsumeQueue {
+            dir: dir.to_path_buf(),
+            file_entries,
+            files,
+            min_offset: 0,
+            written: 0,
+            unwritten: VecDeque::new(),
+            writing: false,
+            unsynced: Vec::new(),
+            empty: true,
+        };
+        // From the newest file back: keep its valid entries below `keep_below`; a file left
+        // with none is deleted and the one before examined.
+        while let Some((&first, file)) = queue.files.last_key_value() {
+            let len = firsts.iter().find(|f| f.0 == first).map_or(0, |f| f.1);
+            let compio::BufResult(result, bytes) =
+                read_exact_at(file, Vec::new(), len as usize, 0).await;
+            result?;
+            let valid = valid_prefix(&bytes, max_record_bytes, 0);
+            let entries =
+                <[CqEntry]>::ref_from_bytes(&bytes[..valid * CQ_ENTRY_BYTES]).unwrap_or(&[]);
+            let keep = entries.partition_point(|e| e.log_pos.get() < keep_below);
+            if keep == 0 && queue.files.len() > 1 {
+                queue.files.remove(&first);
+                std::fs::remove_file(dir.join(file_name(first)))?;
+                continue;
+            }
+            if (keep * CQ_ENTRY_BYTES) as u64 != len {
+                file.set_len((keep * CQ_ENTRY_BYTES) as u64).await?;
+                file.sync_data().await?;
+            }
+            if keep == 0 {
+                queue.files.remove(&first);
+                std::fs::remove_file(dir.join(file_name(first)))?;
+                break;
+            }
+            queue.written = first + keep as u64;
+            queue.min_offset = *queue.files.keys().next().unwrap_or(&first);
+            queue.empty = false;
+            break;
+        }
+        Ok(queue)
+    }
+
+    /// One past the last offset: the next message of the queue gets this offset.
+    pub(crate) fn max_offset(&self) -> u64 {
+        self.written + self.unwritten.len() as u64
+    }
+
+    /// The lowest offset still readable.
+    pub(crate) fn min_offset(&self) -> u64 {
+        self.min_offset
+    }
+
+    /// Whether the queue has never had an entry (since its index was last emptied).
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// Appends the entry for `offset`, which must be [`Self::max_offset`] (or anything, for a
+    /// queue without entries, whose offsets then start there).
+    pub(crate) fn push(&mut self, offset: u64, entry: CqEntry) -> Result<(), u64> {
+        if self.empty {
+            self.empty = false;
+            self.written = offset;
+            self.min_offset = offset;
+        }
+        if offset != self.max_offset() {
+            return Err(self.max_offset());
+        }
+        self.unwritten.push_back(entry);
+        Ok(())
+    }
+
+    /// Entries still in memory.
+    pub(crate) fn unwritten_len(&self) -> usize {
+        self.unwritten.len()
+    }
+
+    /// The file holding `offset` and its first offset.
+    fn file_for(&self, offset: u64) -> Option<(u64, &File)> {
+        self.files
+            .range(..=offset)
+            .next_back()
+            .map(|(&first, file)| (first, file))
+    }
+
+    /// First offset past the file that starts at `first`.
+    fn file_end(&self, first: u64) -> u64 {
+        first - first % self.file_entries + self.file_entries
+    }
+
+    /// What a read of entries `[from, from + count)` needs from files, before any I/O:
+    /// `(file, index in file, count)` pieces, and the entries from memory.
+    fn plan_read(&self, from: u64, count: usize) -> (Vec<(File, u64, usize)>, Vec<CqEntry>) {
+        let from = from.max(self.min_offset);
+        let to = (from + count as u64).min(self.max_offset());
+        let mut pieces = Vec::new();
+        let mut at = from;
+        while at < to.min(self.written) {
+            let Some((first, file)) = self.file_for(at) else {
+                break;
+            };
+            let upto = to.min(self.written).min(self.file_end(first));
+            pieces.push((file.clone(), at - first, (upto - at) as usize));
+            at = upto;
+        }
+        let memory_from = from.max(self.written);
+        let memory = if memory_from < to {
+            let skip = (memory_from - self.written) as usize;
+            self.unwritten
+                .iter()
+                .skip(skip)
+                .take((to - memory_from) as usize)
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (pieces, memory)
+    }
+
+    /// Takes what `write_pending` should write next: the file (created if needed), the index in
+    /// it, and the entries; marks the write in flight.
+    async fn next_write(
+        cell: &std::cell::RefCell<ConsumeQueue>,
+    ) -> io::Result<Option<(File, u64, Vec<CqEntry>)>> {
+        let (first, path, new) = {
+            let mut q = cell.borrow_mut();
+            if q.writing || q.unwritten.is_empty() {
+                return Ok(None);
+            }
+            q.writing = true;
+            let at = q.written;
+            match q.file_for(at) {
+                Some((first, _)) if at < q.file_end(first) => {
+                    (first, q.dir.join(file_name(first)), false)
+                }
+                _ => (at, q.dir.join(file_name(at)), true),
+            }
+        };
+        let created = if new {
+            match open_file(&path).await {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    cell.borrow_mut().writing = false;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let mut q = cell.borrow_mut();
+        if let Some(file) = created {
+            q.files.insert(first, file);
+        }
+        let at = q.written;
+        let room = (q.file_end(first) - at) as usize;
+        let entries: Vec<CqEntry> = q.unwritten.iter().take(room).copied().collect();
+        let file = match q.files.get(&first) {
+            Some(file) => file.clone(),
+            None => unreachable!("the file for offset {at} was just ensured"),
+        };
+        Ok(Some((file, at - first, entries)))
+    }
+
+    /// Writes the entries held in memory to files. Entries pushed meanwhile wait for the next
+    /// call. Readers see written entries in memory until the write completes.
+    pub(crate) async fn write_pending(cell: &std::cell::RefCell<ConsumeQueue>) -> io::Result<()> {
+        while let Some((file, index, entries)) = ConsumeQueue::next_write(cell).await? {
+            let mut handle = &file;
+            let compio::BufResult(result, _) = handle
+                .write_all_at(entries.as_bytes().to_vec(), index * CQ_ENTRY_BYTES as u64)
+                .await;
+            let mut q = cell.borrow_mut();
+            q.writing = false;
+            result?;
+            q.written += entries.len() as u64;
+            q.unwritten.drain(..entries.len());
+            q.unsynced.push(file);
+        }
+        Ok(())
+    }
+
+    /// Files written since the last call, to be synced by the caller.
+    pub(crate) fn take_unsynced(&mut self) -> Vec<File> {
+        std::mem::take(&mut self.unsynced)
+    }
+
+    /// Reads up to `count` entries from `from` (clamped to what exists).
+    pub(crate) async fn entries(
+        cell: &std::cell::RefCell<ConsumeQueue>,
+        from: u64,
+        count: usize,
+    ) -> io::Result<Vec<CqEntry>> {
+        let (pieces, memory) = cell.borrow().plan_read(from, count);
+        let mut out = Vec::with_capacity(count);
+        for (file, index, n) in pieces {
+            out.extend(read_entries(&file, index, n).await?);
+        }
+        out.extend(memory);
+        Ok(out)
+    }
+
+    /// Raises the minimum offset past entries whose records are below `log_start`, and deletes
+    /// files holding only such entries (never the last file, which keeps the queue's offsets).
+    pub(crate) async fn retire_below(
+        cell: &std::cell::RefCell<ConsumeQueue>,
+        log_start: u64,
+    ) -> io::Result<()> {
+        // Binary search for the first offset whose record is at or after `log_start`.
+        let (mut lo, mut hi) = {
+            let q = cell.borrow();
+            (q.min_offset, q.max_offset())
+        };
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let entry = ConsumeQueue::entries(cell, mid, 1).await?;
+            match entry.first() {
+                Some(e) if e.log_pos.get() < log_start => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        let doomed: Vec<u64> = {
+            let mut q = cell.borrow_mut();
+            q.min_offset = q.min_offset.max(lo);
+            let last = q.files.keys().next_back().copied();
+            let doomed: Vec<u64> = q
+                .files
+                .keys()
+                .copied()
+                .filter(|&f| Some(f) != last && q.file_end(f) <= lo)
+                .collect();
+            for first in &doomed {
+                q.files.remove(first);
+            }
+            doomed
+        };
+        let dir = cell.borrow().dir.clone();
+        for first in doomed {
+            compio::fs::remove_file(dir.join(file_name(first))).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn entry(i: u64) -> CqEntry {
+        CqEntry::new(1000 + i * 200, 100 + (i % 50) as u32, i * 7)
+    }
+
+    #[test]
+    fn valid_prefix_stops_at_the_first_bad_entry() {
+        let entries: Vec<CqEntry> = (0..10).map(entry).collect();
+        let mut bytes = entries.as_bytes().to_vec();
+        assert_eq!(valid_prefix(&bytes, 1 << 20, 0), 10);
+        bytes.truncate(bytes.len() - 3);
+        assert_eq!(valid_prefix(&bytes, 1 << 20, 0), 9, "a torn last entry");
+        let mut backwards = entries.clone();
+        backwards[5] = CqEntry::new(10, 100, 0);
+        assert_eq!(valid_prefix(backwards.as_bytes(), 1 << 20, 0), 5);
+        let mut tiny = entries.clone();
+        tiny[3] = CqEntry::new(1600, 3, 0);
+        assert_eq!(valid_prefix(tiny.as_bytes(), 1 << 20, 0), 3);
+        assert_eq!(
+            valid_prefix(&[0u8; 100], 1 << 20, 0),
+            0,
+            "zeroes are not entries"
+        );
+    }
+
+    #[compio::test]
+    async fn entries_cross_files_and_memory_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = RefCell::new(
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
+                .await
+                .unwrap(),
+        );
+        for i in 0..20 {
+            q.borrow_mut().push(i, entry(i)).unwrap();
+        }
+        assert_eq!(
+            q.borrow_mut().push(30, entry(30)),
+            Err(20),
+            "offsets must follow on"
+        );
+        ConsumeQueue::write_pending(&q).await.unwrap();
+        for i in 20..25 {
+            q.borrow_mut().push(i, entry(i)).unwrap();
+        }
+        // 0..20 in three files (8 + 8 + 4), 20..25 in memory.
+        let got = ConsumeQueue::entries(&q, 5, 100).await.unwrap();
+        assert_eq!(got, (5..25).map(entry).collect::<Vec<_>>());
+        ConsumeQueue::write_pending(&q).await.unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+        drop(q);
+        let q = RefCell::new(
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(q.borrow().max_offset(), 25);
+        assert_eq!(
+            ConsumeQueue::entries(&q, 0, 100).await.unwrap(),
+            (0..25).map(entry).collect::<Vec<_>>()
+        );
+    }
+
+    #[compio::test]
+    async fn opening_keeps_only_what_the_checkpoint_vouches_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = RefCell::new(
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
+                .await
+                .unwrap(),
+        );
+        for i in 0..20 {
+            q.borrow_mut().push(i, entry(i)).unwrap();
+        }
+        ConsumeQueue::write_pending(&q).await.unwrap();
+        drop(q);
+        // Entry 12 starts at 3400: keep records starting below it.
+        let q = RefCell::new(
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, 3400)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(q.borrow().max_offset(), 12);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "the third file went"
+        );
+        drop(q);
+        // Nothing vouched for: the queue is empty and takes its start from the next push.
+        let q = RefCell::new(ConsumeQueue::open(dir.path(), 8, 1 << 20, 0).await.unwrap());
+        assert!(q.borrow().is_empty());
+        q.borrow_mut().push(40, entry(40)).unwrap();
+        assert_eq!((q.borrow().min_offset(), q.borrow().max_offset()), (40, 41));
+    }
+
+    #[compio::test]
+    async fn a_torn_tail_entry_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = RefCell::new(
+            ConsumeQueue::open(dir.path(), 100, 1 << 20, u64::MAX)
+                .await
+                .unwrap(),
+        );
+        for i in 0..10 {
+            q.borrow_mut().push(i, entry(i)).unwrap();
+        }
+        ConsumeQueue::write_pending(&q).await.unwrap();
+        drop(q);
+        let path = dir.path().join(file_name(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - 7);
+        std::fs::write(&path, bytes).unwrap();
+        let q = RefCell::new(
+            ConsumeQueue::open(dir.path(), 100, 1 << 20, u64::MAX)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(q.borrow().max_offset(), 9);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            9 * CQ_ENTRY_BYTES as u64
+        );
+    }
+
+    #[compio::test]
+    async fn retiring_moves_the_minimum_and_deletes_whole_files_but_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = RefCell::new(
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
+                .await
+                .unwrap(),
+        );
+        for i in 0..20 {
+            q.borrow_mut().push(i, entry(i)).unwrap();
+        }
+        ConsumeQueue::write_pending(&q).await.unwrap();
+        // Records of entries 0..=9 are gone (entry 10 starts at 3000).
+        ConsumeQueue::retire_below(&q, 3000).await.unwrap();
+        assert_eq!(q.borrow().min_offset(), 10);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "file 0..8 deleted"
+        );
+        assert_eq!(
+            ConsumeQueue::entries(&q, 0, 3).await.unwrap(),
+            (10..13).map(entry).collect::<Vec<_>>()
+        );
+        // Everything gone: the last file stays so the offsets are kept.
+        ConsumeQueue::retire_below(&q, 1 << 40).await.unwrap();
+        assert_eq!((q.borrow().min_offset(), q.borrow().max_offset()), (20, 20));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,715 @@
+//! The store: shards on pinned threads, and an API callable from any thread or runtime.
+//!
+//! Each thread runs a compio runtime (one io_uring ring) and owns one or more shards; shard `k`
+//! lives on thread `k mod threads`. A call is routed to the shard owning its queue and handed
+//! to that thread over a bounded channel (one hand-off per call, a whole batch included);
+//! the answer comes back through a oneshot. A full channel makes the caller wait (or, for the
+//! `_or_busy` calls, fail with [`StoreError::Busy`]): memory never grows without bound.
+//!
+//! A queue belongs to the shard that first stored it, for good: shards record the queues they
+//! own as their offset-index directories, and the routing table is rebuilt from them at open.
+//! New queues are placed by hash. Changing the number of threads (`shards`) never loses a
+//! queue: every shard directory found is opened, on thread `k mod threads`; with more threads
+//! than directories, new shards are created and new queues spread over all of them.
+//!
+//! ```no_run
+//! use quiver_engine::store::{Store, types::{Message, ReadOutcome}};
+//! use quiver_engine::StoreConfig;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Store::open("./data/store", StoreConfig::default())?;
+//! let message = Message { body: "hello".into(), keys: "order-42".into(), ..Message::default() };
+//! let placed = store.append(b"orders", 0, vec![message]).await?;
+//! assert_eq!(placed[0].queue_offset, 0);
+//! if let ReadOutcome::Found { messages, .. } = store.read(b"orders", 0, 0, 32, 1 << 20, None).await? {
+//!     assert_eq!(&messages[0].record.body()[..], b"hello");
+//! }
+//! store.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod shard;
+pub mod types;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use self::shard::{QueueId, Shard, ShardRecovery};
+use self::types::{
+    Appended, Message, MessagePos, QueueOffsets, ReadOutcome, StoreError, StoredMessage, TagFilter,
+};
+use crate::config::StoreConfig;
+use crate::error::OpenError;
+use crate::record::Record;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A request for a shard thread.
+enum Request {
+    Append {
+        shard: u16,
+        topic: Bytes,
+        queue_id: u32,
+        messages: Vec<Message>,
+        reply: Reply<Vec<Appended>>,
+    },
+    Read {
+        shard: u16,
+        queue: QueueId,
+        offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: Option<TagFilter>,
+        reply: Reply<ReadOutcome>,
+    },
+    Offsets {
+        shard: u16,
+        queue: QueueId,
+        reply: Reply<Option<QueueOffsets>>,
+    },
+    OffsetForTimestamp {
+        shard: u16,
+        queue: QueueId,
+        timestamp_ms: u64,
+        reply: Reply<Option<u64>>,
+    },
+    WaitForMessage {
+        shard: u16,
+        queue: QueueId,
+        offset: u64,
+        timeout: Duration,
+        reply: Reply<()>,
+    },
+    QueryKey {
+        shard: u16,
+        topic: Bytes,
+        key: Bytes,
+        limit: usize,
+        from_ms: u64,
+        to_ms: u64,
+        reply: Reply<Vec<StoredMessage>>,
+    },
+    ReadAt {
+        pos: MessagePos,
+        reply: Reply<Record>,
+    },
+    Retention {
+        shard: u16,
+        now: SystemTime,
+        reply: Reply<usize>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// A shard thread: where to send, and the thread.
+struct Worker {
+    tx: flume::Sender<Request>,
+    join: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The message store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    workers: Vec<Worker>,
+    shard_count: u16,
+    routes: RwLock<HashMap<QueueId, u16>>,
+    recoveries: Vec<ShardRecovery>,
+}
+
+fn shard_dir(root: &Path, shard: u16) -> PathBuf {
+    root.join(format!("shard-{shard:03}"))
+}
+
+/// Shard directories already present under `root`.
+fn existing_shards(root: &Path) -> std::io::Result<usize> {
+    let mut highest = None;
+    for entry in std::fs::read_dir(root)? {
+        let name = entry?.file_name();
+        if let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shard-"))
+            .and_then(|n| n.parse::<u16>().ok())
+        {
+            highest = highest.max(Some(id));
+        }
+    }
+    Ok(highest.map_or(0, |h| usize::from(h) + 1))
+}
+
+/// The shard a new queue goes to: a stable hash of topic and queue id.
+fn place_new_queue(topic: &[u8], queue_id: u32, shards: u16) -> u16 {
+    let hash = crc32c::crc32c_append(crc32c::crc32c(topic), &queue_id.to_le_bytes());
+    (hash % u32::from(shards)) as u16
+}
+
+impl Store {
+    /// Opens the store in `dir` (creating it), starting the shard threads and recovering every
+    /// shard. Blocks until all are ready.
+    pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
+        config.validate()?;
+        let root = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root).map_err(OpenError::io("creating the store directory"))?;
+        let threads = config.thread_count();
+        let shard_count = existing_shards(&root)
+            .map_err(OpenError::io("listing the store directory"))?
+            .max(threads);
+        let shard_count = u16::try_from(shard_count).map_err(|_| OpenError::Layout {
+            dir: root.display().to_string(),
+            problem: "more than 65535 shards".into(),
+        })?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = Arc::new(config);
+        let mut workers = Vec::with_capacity(threads);
+        let mut ready = Vec::with_capacity(threads);
+        for thread in 0..threads {
+            let shards: Vec<u16> = (0..shard_count)
+                .filter(|s| usize::from(*s) % threads == thread)
+                .collect();
+            let (tx, rx) = flume::bounded(config.request_queue_depth);
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let (root, config) = (root.clone(), Arc::clone(&config));
+            let core = (config.pin_threads).then_some(thread % cores);
+            let join = std::thread::Builder::new()
+                .name(format!("quiver-shard-{thread}"))
+                .spawn(move || run_thread(core, shards, root, config, rx, ready_tx))
+                .map_err(OpenError::io("starting a shard thread"))?;
+            workers.push(Worker {
+                tx,
+                join: Mutex::new(Some(join)),
+            });
+            ready.push(ready_rx);
+        }
+        let mut routes = HashMap::new();
+        let mut recoveries = Vec::new();
+        let mut failure = None;
+        for ready_rx in ready {
+            match ready_rx.recv() {
+                Ok(Ok(opened)) => {
+                    for (shard, queues, recovery) in opened {
+                        routes.extend(queues.into_iter().map(|q| (q, shard)));
+                        recoveries.push(recovery);
+                    }
+                }
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(_) => {
+                    failure = failure.or(Some(OpenError::Io {
+                        op: "starting a shard thread",
+                        source: std::io::Error::other("a shard thread died while opening"),
+                    }))
+                }
+            }
+        }
+        let store = Store {
+            inner: Arc::new(StoreInner {
+                workers,
+                shard_count,
+                routes: RwLock::new(routes),
+                recoveries,
+            }),
+        };
+        if let Some(e) = failure {
+            store.stop_threads();
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Number of shards (at least the number of threads).
+    pub fn shard_count(&self) -> u16 {
+        self.inner.shard_count
+    }
+
+    /// What recovery found in each shard at open.
+    pub fn recoveries(&self) -> &[ShardRecovery] {
+        &self.inner.recoveries
+    }
+
+    /// Every queue the store holds.
+    pub fn queues(&self) -> Vec<QueueId> {
+        let routes = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
+        let mut queues: Vec<QueueId> = routes.keys().cloned().collect();
+        queues.sort();
+        queues
+    }
+
+    fn route(&self, queue: &QueueId) -> Option<u16> {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+            .copied()
+    }
+
+    /// The shard of a queue, placing it if new.
+    fn route_or_place(&self, queue: &QueueId) -> u16 {
+        if let Some(shard) = self.route(queue) {
+            return shard;
+        }
+        let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
+        *routes.entry(queue.clone()).or_insert_with(|| {
+            place_new_queue(&queue.topic, queue.queue_id, self.inner.shard_count)
+        })
+    }
+
+    fn worker(&self, shard: u16) -> &Worker {
+        &self.inner.workers[usize::from(shard) % self.inner.workers.len()]
+    }
+
+    async fn call<T>(
+        &self,
+        shard: u16,
+        request: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.worker(shard)
+            .tx
+            .send_async(request(reply))
+            .await
+            .map_err(|_| StoreError::Shutdown)?;
+        answer.await.map_err(|_| StoreError::Shutdown)?
+    }
+
+    /// Appends messages to one queue (one hand-off to its shard); completes when they are stored
+    /// as the flush mode defines. Waits while the shard's request queue is full.
+    pub async fn append(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let queue = QueueId {
+            topic: Bytes::copy_from_slice(topic),
+            queue_id,
+        };
+        let shard = self.route_or_place(&queue);
+        self.call(shard, |reply| Request::Append {
+            shard,
+            topic: queue.topic,
+            queue_id,
+            messages,
+            reply,
+        })
+        .await
+    }
+
+    /// Like [`Self::append`], but fails with [`StoreError::Busy`] at once if the shard's request
+    /// queue is full, so a network front can answer "system busy" instead of waiting.
+    pub async fn append_or_busy(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let queue = QueueId {
+            topic: Bytes::copy_from_slice(topic),
+            queue_id,
+        };
+        let shard = self.route_or_place(&queue);
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Append {
+            shard,
+            topic: queue.topic,
+            queue_id,
+            messages,
+            reply,
+        };
+        match self.worker(shard).tx.try_send(request) {
+            Ok(()) => answer.await.map_err(|_| StoreError::Shutdown)?,
+            Err(flume::TrySendError::Full(_)) => Err(StoreError::Busy),
+            Err(flume::TrySendError::Disconnected(_)) => Err(StoreError::Shutdown),
+        }
+    }
+
+    /// Reads up to `max_count` messages and about `max_bytes` (at least one message) from queue
+    /// offset `offset`, optionally filtered by tag.
+    pub async fn read(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: Option<TagFilter>,
+    ) -> Result<ReadOutcome, StoreError> {
+        let queue = QueueId {
+            topic: Bytes::copy_from_slice(topic),
+            queue_id,
+        };
+        let Some(shard) = self.route(&queue) else {
+            return Ok(ReadOutcome::NoSuchQueue);
+        };
+        self.call(shard, |reply| Request::Read {
+            shard,
+            queue,
+            offset,
+            max_count,
+            max_bytes,
+            filter,
+            reply,
+        })
+        .await
+    }
+
+    /// The queue's offset range, or `None` if there is no such queue.
+    pub async fn offsets(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+    ) -> Result<Option<QueueOffsets>, StoreError> {
+        let queue = QueueId {
+            topic: Bytes::copy_from_slice(topic),
+            queue_id,
+        };
+        let Some(shard) = self.route(&queue) else {
+            return Ok(None);
+        };
+        self.call(shard, |reply| Request::Offsets {
+            shard,
+            queue,
+            reply,
+        })
+        .await
+    }
+
+    /// The first offset of the queue stored at or after `timestamp_ms` (the max offset if none),
+    /// or `None` if there is no such queue.
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        timestamp_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let queue = QueueId {
+            topic: Bytes::copy_from_slice(topic),
+            queue_id,
+        };
+        let Some(shard) = self.route(&queue) else {
+            return Ok(None);
+        };
+        self.call(shard, |reply| Request::OffsetForTimestamp {
+            shard,
+            queue,
+            timestamp_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until the queue has a message at `offset` or `timeout` passes: long polling.
+    pub async fn wait_for_message(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let queue = QueueId {
+            topic: Bytes::copy_from_slice(topic),
+            queue_id,
+        };
+        let shard = self.route_or_place(&queue);
+        self.call(shard, |reply| Request::WaitForMessage {
+            shard,
+            queue,
+            offset,
+            timeout,
+            reply,
+        })
+        .await
+    }
+
+    /// Messages of `topic` carrying `key` (exactly), stored within `[from_ms, to_ms]`, newest
+    /// first, at most `limit`, from every shard.
+    pub async fn query_key(
+        &self,
+        topic: &[u8],
+        key: &[u8],
+        limit: usize,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut found = Vec::new();
+        for shard in 0..self.inner.shard_count {
+            let (topic, key) = (Bytes::copy_from_slice(topic), Bytes::copy_from_slice(key));
+            let hits = self
+                .call(shard, |reply| Request::QueryKey {
+                    shard,
+                    topic,
+                    key,
+                    limit,
+                    from_ms,
+                    to_ms,
+                    reply,
+                })
+                .await?;
+            found.extend(hits);
+        }
+        found.sort_by_key(|m| {
+            std::cmp::Reverse((m.record.header().store_timestamp_ms.get(), m.pos))
+        });
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// The message at `pos` (what a message id names).
+    pub async fn read_at(&self, pos: MessagePos) -> Result<Record, StoreError> {
+        if pos.shard() >= self.inner.shard_count {
+            return Err(StoreError::BadRequest(format!("no shard {}", pos.shard())));
+        }
+        self.call(pos.shard(), |reply| Request::ReadAt { pos, reply })
+            .await
+    }
+
+    /// Applies retention in every shard now, as of `now`; returns how many segments left.
+    pub async fn apply_retention(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let mut total = 0;
+        for shard in 0..self.inner.shard_count {
+            total += self
+                .call(shard, |reply| Request::Retention { shard, now, reply })
+                .await?;
+        }
+        Ok(total)
+    }
+
+    /// Flushes and closes every shard and stops the threads.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        for worker in &self.inner.workers {
+            let (reply, answer) = oneshot::channel();
+            if worker
+                .tx
+                .send_async(Request::Shutdown { reply })
+                .await
+                .is_ok()
+            {
+                let closed = answer
+                    .await
+                    .map_err(|_| StoreError::Shutdown)
+                    .and_then(|r| r);
+                if result.is_ok() {
+                    result = closed;
+                }
+            }
+        }
+        self.stop_threads();
+        result
+    }
+
+    fn stop_threads(&self) {
+        for worker in &self.inner.workers {
+            let _ = worker.tx.try_send(Request::Shutdown {
+                reply: oneshot::channel().0,
+            });
+            let join = worker.join.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(join) = join
+                && join.join().is_err()
+            {
+                tracing::error!("a shard thread panicked");
+            }
+        }
+    }
+}
+
+type Opened = Vec<(u16, Vec<QueueId>, ShardRecovery)>;
+
+fn run_thread(
+    core: Option<usize>,
+    shard_ids: Vec<u16>,
+    root: PathBuf,
+    config: Arc<StoreConfig>,
+    rx: flume::Receiver<Request>,
+    ready: std::sync::mpsc::Sender<Result<Opened, OpenError>>,
+) {
+    let mut builder = compio::runtime::RuntimeBuilder::new();
+    if let Some(core) = core {
+        builder.thread_affinity(HashSet::from([core]));
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = ready.send(Err(OpenError::Io {
+                op: "starting an io_uring runtime",
+                source: e,
+            }));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut shards = HashMap::new();
+        let mut opened = Vec::new();
+        for id in shard_ids {
+            match Shard::open(id, &shard_dir(&root, id), Arc::clone(&config)).await {
+                Ok((shard, recovery)) => {
+                    opened.push((id, shard.queue_ids(), recovery));
+                    shards.insert(id, shard);
+                }
+                Err(e) => {
+                    for (_, shard) in shards.drain() {
+                        let _ = shard.close().await;
+                    }
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if ready.send(Ok(opened)).is_err() {
+            return;
+        }
+        let shards = Rc::new(shards);
+        let shutdown_reply = loop {
+            match rx.recv_async().await {
+                Ok(Request::Shutdown { reply }) => break Some(reply),
+                Ok(request) => {
+                    compio::runtime::spawn(serve(Rc::clone(&shards), request)).detach();
+                }
+                // Every Store handle is gone: close cleanly all the same.
+                Err(_) => break None,
+            }
+        };
+        let mut result = Ok(());
+        for shard in shards.values() {
+            if let Err(e) = shard.clone().close().await {
+                tracing::error!(error = %e, "closing a shard failed");
+                result = Err(e);
+            }
+        }
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(result);
+        }
+    });
+}
+
+async fn serve(shards: Rc<HashMap<u16, Shard>>, request: Request) {
+    let missing =
+        |shard: u16| StoreError::BadRequest(format!("shard {shard} is not on this thread"));
+    match request {
+        Request::Append {
+            shard,
+            topic,
+            queue_id,
+            messages,
+            reply,
+        } => {
+            let result = match shards.get(&shard) {
+                Some(s) => s.append(&topic, queue_id, &messages).await,
+                None => Err(missing(shard)),
+            };
+            let _ = reply.send(result);
+        }
+        Request::Read {
+            shard,
+            queue,
+            offset,
+            max_count,
+            max_bytes,
+            filter,
+            reply,
+        } => {
+            let result = match shards.get(&shard) {
+                Some(s) => {
+                    s.read(
+                        &queue.topic,
+                        queue.queue_id,
+                        offset,
+                        max_count,
+                        max_bytes,
+                        filter.as_ref(),
+                    )
+                    .await
+                }
+                None => Err(missing(shard)),
+            };
+            let _ = reply.send(result);
+        }
+        Request::Offsets {
+            shard,
+            queue,
+            reply,
+        } => {
+            let result = shards
+                .get(&shard)
+                .ok_or_else(|| missing(shard))
+                .map(|s| s.offsets(&queue.topic, queue.queue_id));
+            let _ = reply.send(result);
+        }
+        Request::OffsetForTimestamp {
+            shard,
+            queue,
+            timestamp_ms,
+            reply,
+        } => {
+            let result = match shards.get(&shard) {
+                Some(s) => {
+                    s.offset_for_timestamp(&queue.topic, queue.queue_id, timestamp_ms)
+                        .await
+                }
+                None => Err(missing(shard)),
+            };
+            let _ = reply.send(result);
+        }
+        Request::WaitForMessage {
+            shard,
+            queue,
+            offset,
+            timeout,
+            reply,
+        } => {
+            let result = match shards.get(&shard) {
+                Some(s) => {
+                    s.wait_for_message(&queue.topic, queue.queue_id, offset, timeout)
+                        .await;
+                    Ok(())
+                }
+                None => Err(missing(shard)),
+            };
+            let _ = reply.send(result);
+        }
+        Request::QueryKey {
+            shard,
+            topic,
+            key,
+            limit,
+            from_ms,
+            to_ms,
+            reply,
+        } => {
+            let result = match shards.get(&shard) {
+                Some(s) => s.query_key(&topic, &key, limit, from_ms, to_ms).await,
+                None => Err(missing(shard)),
+            };
+            let _ = reply.send(result);
+        }
+        Request::ReadAt { pos, reply } => {
+            let result = match shards.get(&pos.shard()) {
+                Some(s) => s.read_at(pos.log_pos()).await,
+                None => Err(missing(pos.shard())),
+            };
+            let _ = reply.send(result);
+        }
+        Request::Retention { shard, now, reply } => {
+            let result = match shards.get(&shard) {
+                Some(s) => s.apply_retention(now).await,
+                None => Err(missing(shard)),
+            };
+            let _ = reply.send(result);
+        }
+        Request::Shutdown { reply } => {
+            let _ = reply.send(Err(StoreError::BadRequest(
+                "shutdown is handled by the thread loop".into(),
+            )));
+        }
+    }
+}
