@@ -79,6 +79,17 @@ pub fn valid_prefix(bytes: &[u8], max_record_bytes: u32, after_end: u64) -> usiz
     whole
 }
 
+/// What opening an index found, and so where the log must be re-read for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// Complete up to the shard's index checkpoint.
+    Intact,
+    /// Damaged after an entry: re-read the log from this position.
+    ResumeFrom(u64),
+    /// Entries are missing in the middle: emptied, to be rebuilt from the log start.
+    Broken,
+}
+
 /// The offset index of one queue.
 pub(crate) struct ConsumeQueue {
     dir: PathBuf,
@@ -129,30 +140,26 @@ async fn read_entries(file: &File, index: u64, count: usize) -> io::Result<Vec<C
 impl ConsumeQueue {
     /// Opens the index in `dir`, keeping only entries whose records start before `keep_below`
     /// (what the shard's index checkpoint vouches for) and are valid; the rest is truncated,
-    /// to be rebuilt from the log.
+    /// to be re-added from the log. Says from where the log must be re-read for this queue.
     pub(crate) async fn open(
         dir: &Path,
         file_entries: u64,
         max_record_bytes: u32,
         keep_below: u64,
-    ) -> io::Result<ConsumeQueue> {
+    ) -> io::Result<(ConsumeQueue, Opened)> {
         std::fs::create_dir_all(dir)?;
-        let mut firsts: Vec<(u64, u64)> = Vec::new();
+        let mut found: Vec<(u64, u64)> = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
-                firsts.push((first, entry.metadata()?.len()));
+                found.push((first, entry.metadata()?.len()));
             }
         }
-        firsts.sort_unstable();
-        let mut files = BTreeMap::new();
-        for &(first, _) in &firsts {
-            files.insert(first, open_file(&dir.join(file_name(first))).await?);
-        }
+        found.sort_unstable();
         let mut queue = ConsumeQueue {
             dir: dir.to_path_buf(),
             file_entries,
-            files,
+            files: BTreeMap::new(),
             min_offset: 0,
             written: 0,
             unwritten: VecDeque::new(),
@@ -160,16 +167,41 @@ impl ConsumeQueue {
             unsynced: Vec::new(),
             empty: true,
         };
+        // Every file but the last must be full and followed by the next: a hole means entries
+        // the checkpoint vouches for are gone, and only the whole log can restore them.
+        let continuous = found.windows(2).all(|w| {
+            let end = queue.file_end(w[0].0);
+            w[1].0 == end && w[0].1 == (end - w[0].0) * CQ_ENTRY_BYTES as u64
+        });
+        if !continuous {
+            for (first, _) in &found {
+                std::fs::remove_file(dir.join(file_name(*first)))?;
+            }
+            return Ok((queue, Opened::Broken));
+        }
+        for &(first, _) in &found {
+            queue
+                .files
+                .insert(first, open_file(&dir.join(file_name(first))).await?);
+        }
+        let mut state = Opened::Intact;
         // From the newest file back: keep its valid entries below `keep_below`; a file left
         // with none is deleted and the one before examined.
         while let Some((&first, file)) = queue.files.last_key_value() {
-            let len = firsts.iter().find(|f| f.0 == first).map_or(0, |f| f.1);
+            let len = found.iter().find(|f| f.0 == first).map_or(0, |f| f.1);
             let compio::BufResult(result, bytes) =
                 read_exact_at(file, Vec::new(), len as usize, 0).await;
             result?;
             let valid = valid_prefix(&bytes, max_record_bytes, 0);
             let entries =
                 <[CqEntry]>::ref_from_bytes(&bytes[..valid * CQ_ENTRY_BYTES]).unwrap_or(&[]);
+            if valid * CQ_ENTRY_BYTES != bytes.len() && state == Opened::Intact {
+                // Damaged or torn: re-read the log from the last good entry.
+                state = match entries.last() {
+                    Some(last) => Opened::ResumeFrom(last.end()),
+                    None => Opened::Broken,
+                };
+            }
             let keep = entries.partition_point(|e| e.log_pos.get() < keep_below);
             if keep == 0 && queue.files.len() > 1 {
                 queue.files.remove(&first);
@@ -190,7 +222,15 @@ impl ConsumeQueue {
             queue.empty = false;
             break;
         }
-        Ok(queue)
+        if state == Opened::Broken {
+            for first in std::mem::take(&mut queue.files).into_keys() {
+                std::fs::remove_file(dir.join(file_name(first)))?;
+            }
+            queue.written = 0;
+            queue.min_offset = 0;
+            queue.empty = true;
+        }
+        Ok((queue, state))
     }
 
     /// One past the last offset: the next message of the queue gets this offset.
@@ -204,7 +244,6 @@ impl ConsumeQueue {
     }
 
     /// Whether the queue has never had an entry (since its index was last emptied).
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.empty
     }
@@ -248,14 +287,21 @@ impl ConsumeQueue {
         let from = from.max(self.min_offset);
         let to = (from + count as u64).min(self.max_offset());
         let mut pieces = Vec::new();
+        let mut to = to;
         let mut at = from;
         while at < to.min(self.written) {
-            let Some((first, file)) = self.file_for(at) else {
-                break;
-            };
-            let upto = to.min(self.written).min(self.file_end(first));
-            pieces.push((file.clone(), at - first, (upto - at) as usize));
-            at = upto;
+            match self.file_for(at) {
+                Some((first, file)) if self.file_end(first) > at => {
+                    let upto = to.min(self.written).min(self.file_end(first));
+                    pieces.push((file.clone(), at - first, (upto - at) as usize));
+                    at = upto;
+                }
+                // A file is missing: stop before the hole, so offsets stay right.
+                _ => {
+                    to = at;
+                    break;
+                }
+            }
         }
         let memory_from = from.max(self.written);
         let memory = if memory_from < to {
@@ -431,7 +477,8 @@ mod tests {
         let q = RefCell::new(
             ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
         );
         for i in 0..20 {
             q.borrow_mut().push(i, entry(i)).unwrap();
@@ -454,7 +501,8 @@ mod tests {
         let q = RefCell::new(
             ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
         );
         assert_eq!(q.borrow().max_offset(), 25);
         assert_eq!(
@@ -469,7 +517,8 @@ mod tests {
         let q = RefCell::new(
             ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
         );
         for i in 0..20 {
             q.borrow_mut().push(i, entry(i)).unwrap();
@@ -480,7 +529,8 @@ mod tests {
         let q = RefCell::new(
             ConsumeQueue::open(dir.path(), 8, 1 << 20, 3400)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
         );
         assert_eq!(q.borrow().max_offset(), 12);
         assert_eq!(
@@ -490,7 +540,12 @@ mod tests {
         );
         drop(q);
         // Nothing vouched for: the queue is empty and takes its start from the next push.
-        let q = RefCell::new(ConsumeQueue::open(dir.path(), 8, 1 << 20, 0).await.unwrap());
+        let q = RefCell::new(
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, 0)
+                .await
+                .unwrap()
+                .0,
+        );
         assert!(q.borrow().is_empty());
         q.borrow_mut().push(40, entry(40)).unwrap();
         assert_eq!((q.borrow().min_offset(), q.borrow().max_offset()), (40, 41));
@@ -502,7 +557,8 @@ mod tests {
         let q = RefCell::new(
             ConsumeQueue::open(dir.path(), 100, 1 << 20, u64::MAX)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
         );
         for i in 0..10 {
             q.borrow_mut().push(i, entry(i)).unwrap();
@@ -516,7 +572,8 @@ mod tests {
         let q = RefCell::new(
             ConsumeQueue::open(dir.path(), 100, 1 << 20, u64::MAX)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
         );
         assert_eq!(q.borrow().max_offset(), 9);
         assert_eq!(
@@ -531,7 +588,8 @@ mod tests {
         let q = RefCell::new(
             ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
         );
         for i in 0..20 {
             q.borrow_mut().push(i, entry(i)).unwrap();

@@ -30,7 +30,7 @@ use super::types::{
 use crate::checkpoint::{SlotFile, SlotRecord};
 use crate::commitlog::{CommitLog, TryAppendError};
 use crate::config::StoreConfig;
-use crate::consumequeue::{ConsumeQueue, CqEntry};
+use crate::consumequeue::{ConsumeQueue, CqEntry, Opened};
 use crate::error::{OpenError, ReadError};
 use crate::keyindex::{ActiveKeyIndex, Full, SealedKeyIndex, key_hash};
 use crate::record::{HEADER_BYTES, KEY_SEPARATOR, Record};
@@ -204,7 +204,8 @@ impl Shard {
         let (start, end) = (positions.start, positions.readable);
         let checkpoint = cp.map_or(0, |c| c.dispatched_pos.get());
         let keep_below = checkpoint.min(end);
-        let redispatch_from = keep_below.max(start);
+        let mut redispatch_from = keep_below;
+        let mut broken = Vec::new();
 
         let max_record = config.log.max_record_bytes as u32;
         let mut queues = HashMap::new();
@@ -214,9 +215,15 @@ impl Shard {
         for (queue_id, path) in
             list_queue_dirs(&cq_root).map_err(io_open("listing offset indexes"))?
         {
-            let cq = ConsumeQueue::open(&path, config.cq_file_entries, max_record, keep_below)
-                .await
-                .map_err(io_open("opening an offset index"))?;
+            let (cq, opened) =
+                ConsumeQueue::open(&path, config.cq_file_entries, max_record, keep_below)
+                    .await
+                    .map_err(io_open("opening an offset index"))?;
+            match opened {
+                Opened::Intact => {}
+                Opened::ResumeFrom(pos) => redispatch_from = redispatch_from.min(pos),
+                Opened::Broken => broken.push(queue_id.clone()),
+            }
             queues.insert(queue_id.clone(), new_queue(queue_id, cq));
         }
 
@@ -253,7 +260,7 @@ impl Shard {
         });
         let shard = Shard { inner };
         let (redispatched, rebuilt_queues) = shard
-            .rebuild_indexes(redispatch_from, key_from, start)
+            .rebuild_indexes(redispatch_from.max(start), key_from, start, broken)
             .await?;
         for queue in shard.inner.queues.borrow().values() {
             queue.assigned.set(queue.cq.borrow().max_offset());
@@ -282,15 +289,16 @@ impl Shard {
         Ok((shard, recovery))
     }
 
-    /// Re-adds records from the log: to the offset indexes from `cq_from`, to the active key
-    /// index from `key_from`. A queue whose offsets do not follow on (its index lost entries
-    /// before the checkpoint) is rebuilt from the log start. Returns (records re-added, queues
-    /// rebuilt).
+    /// Re-adds records from the log: to the offset indexes from `cq_from` (records a queue's
+    /// index already has are skipped), to the active key index from `key_from`. A queue whose
+    /// offsets do not follow on (its index lost entries the checkpoint vouched for), or already
+    /// `broken`, is rebuilt from the log start. Returns (records re-added, queues rebuilt).
     async fn rebuild_indexes(
         &self,
         cq_from: u64,
         key_from: u64,
         log_start: u64,
+        mut broken: Vec<QueueId>,
     ) -> Result<(u64, usize), OpenError> {
         let corrupt = |e: ReadError| OpenError::Io {
             op: "rebuilding indexes from the log",
@@ -298,15 +306,20 @@ impl Shard {
         };
         let mut scanner = self.inner.log.scan(cq_from.min(key_from));
         let mut redispatched = 0;
-        let mut broken: Vec<QueueId> = Vec::new();
         while let Some(record) = scanner.next().await.map_err(corrupt)? {
             let pos = record.log_pos();
             if pos >= cq_from {
                 let queue = self.queue_for_rebuild(&record).await?;
-                if !broken.contains(&queue.id) && self.push_entry(&queue, &record).is_err() {
-                    broken.push(queue.id.clone());
+                let offset = record.header().queue_offset.get();
+                let has = queue.cq.borrow().max_offset();
+                let already_there = !queue.cq.borrow().is_empty() && offset < has;
+                if !already_there && !broken.contains(&queue.id) {
+                    if self.push_entry(&queue, &record).is_err() {
+                        broken.push(queue.id.clone());
+                    } else {
+                        redispatched += 1;
+                    }
                 }
-                redispatched += 1;
             }
             if pos >= key_from {
                 self.index_keys(&record);
@@ -316,7 +329,7 @@ impl Shard {
             tracing::warn!(shard = self.inner.id, topic = ?id.topic, queue = id.queue_id, "offset index has a gap; rebuilding it from the log start");
             let path = self.queue_dir(id);
             std::fs::remove_dir_all(&path).map_err(io_open("removing a broken offset index"))?;
-            let cq = ConsumeQueue::open(
+            let (cq, _) = ConsumeQueue::open(
                 &path,
                 self.inner.config.cq_file_entries,
                 self.inner.config.log.max_record_bytes as u32,
@@ -430,7 +443,7 @@ impl Shard {
                     .map_err(StoreError::io("syncing the offset index directory"))?;
             }
         }
-        let cq = ConsumeQueue::open(
+        let (cq, _) = ConsumeQueue::open(
             &path,
             self.inner.config.cq_file_entries,
             self.inner.config.log.max_record_bytes as u32,
