@@ -8,7 +8,9 @@ use std::rc::Rc;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use quiver_bench::probe;
-use quiver_engine::{CommitLog, FlushMode, IoMode, LogConfig, NewRecord, ReadError};
+use quiver_engine::store::Store;
+use quiver_engine::store::types::Message;
+use quiver_engine::{CommitLog, FlushMode, IoMode, LogConfig, NewRecord, ReadError, StoreConfig};
 
 #[derive(Subcommand)]
 pub enum StoreCommand {
@@ -118,6 +120,14 @@ pub struct ProbeArgs {
     /// Stop after this many records (default: run until killed).
     #[arg(long)]
     count: Option<u64>,
+    /// Append through a whole store (shards, offset and key indexes) at `--dir`, spreading
+    /// records over this many queues; each acknowledgement then ends with its queue and queue
+    /// offset. 0 (the default) appends to a bare commit log.
+    #[arg(long, default_value_t = 0)]
+    queues: u32,
+    /// Shards of the store (with `--queues`).
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
 }
 
 pub fn run(cmd: StoreCommand) -> anyhow::Result<()> {
@@ -177,6 +187,9 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    if args.queues > 0 {
+        return probe_store(args).await;
+    }
     let config = args.log.config()?;
     let (log, report) = CommitLog::open(&args.log.dir, config)
         .await
@@ -222,5 +235,59 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("appender task: {e}"))??;
     }
     log.close().await?;
+    Ok(())
+}
+
+/// The probe through a whole store: records spread over `--queues` queues.
+async fn probe_store(args: ProbeArgs) -> anyhow::Result<()> {
+    let config = StoreConfig {
+        shards: args.shards,
+        pin_threads: false,
+        log: args.log.config()?,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&args.log.dir, config)
+        .with_context(|| format!("opening the store in {}", args.log.dir.display()))?;
+    let stdout = Rc::new(std::cell::RefCell::new(std::io::stdout().lock()));
+    let next = Rc::new(std::cell::Cell::new(0u64));
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut tasks = Vec::new();
+    for _ in 0..args.appenders {
+        let (store, stdout, next) = (store.clone(), Rc::clone(&stdout), Rc::clone(&next));
+        let (run, max_body, queues) = (args.run, args.max_body, args.queues);
+        tasks.push(compio::runtime::spawn(async move {
+            loop {
+                let seq = next.get();
+                if seq >= limit {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                next.set(seq + 1);
+                let queue = (seq % u64::from(queues)) as u32;
+                let message = Message {
+                    keys: probe::keys(run, seq).into(),
+                    body: probe::body(run, seq, max_body).into(),
+                    ..Message::default()
+                };
+                let placed = store
+                    .append(probe::PROBE_TOPIC, queue, vec![message])
+                    .await?;
+                let at = placed[0];
+                let mut out = stdout.borrow_mut();
+                writeln!(
+                    out,
+                    "ack {run} {seq} {} {} {queue} {}",
+                    at.pos.as_u64(),
+                    at.size,
+                    at.queue_offset
+                )?;
+                out.flush()?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| anyhow::anyhow!("appender task: {e}"))??;
+    }
+    store.shutdown().await?;
     Ok(())
 }

@@ -59,7 +59,7 @@ fn parse_ack(line: &str) -> Option<Ack> {
     })
 }
 
-fn spawn_probe(dir: &Path, config: &Path, run: u64) -> Child {
+fn spawn_probe(dir: &Path, config: &Path, run: u64, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_quiver"))
         .args([
             "store",
@@ -69,6 +69,7 @@ fn spawn_probe(dir: &Path, config: &Path, run: u64) -> Child {
             "--max-body",
             &MAX_BODY.to_string(),
         ])
+        .args(extra)
         .arg("--dir")
         .arg(dir)
         .arg("--config")
@@ -82,9 +83,15 @@ fn spawn_probe(dir: &Path, config: &Path, run: u64) -> Child {
 }
 
 /// Runs the probe until `kill_after` acknowledgements were printed (0: kill at once), kills it
-/// with SIGKILL, and returns every acknowledgement it printed before dying.
-fn run_and_kill(dir: &Path, config: &Path, run: u64, kill_after: u64) -> Vec<Ack> {
-    let mut child = spawn_probe(dir, config, run);
+/// with SIGKILL, and returns every acknowledgement line it printed before dying.
+fn run_and_kill(
+    dir: &Path,
+    config: &Path,
+    run: u64,
+    kill_after: u64,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut child = spawn_probe(dir, config, run, extra);
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -103,8 +110,8 @@ fn run_and_kill(dir: &Path, config: &Path, run: u64, kill_after: u64) -> Vec<Ack
     }
     // The channel closes when the process's stdout closes: it died.
     for line in rx {
-        let ack = parse_ack(&line).unwrap_or_else(|| panic!("unexpected probe output: {line}"));
-        acks.push(ack);
+        assert!(line.starts_with("ack "), "unexpected probe output: {line}");
+        acks.push(line);
         if !killed && acks.len() as u64 >= kill_after {
             child.kill().expect("SIGKILL");
             killed = true;
@@ -205,7 +212,10 @@ fn crash_rounds(flush: &str, io: &str, check: impl Fn(u64, &Verified)) {
         } else {
             1 + rng.next() % 4000
         };
-        let acks = run_and_kill(&log_dir, &config_path, run, kill_after);
+        let acks: Vec<Ack> = run_and_kill(&log_dir, &config_path, run, kill_after, &[])
+            .iter()
+            .map(|line| parse_ack(line).unwrap_or_else(|| panic!("unreadable ack: {line}")))
+            .collect();
         total_acked += acks.len();
         let verified = verify(&log_dir, &config, &acks, &durable_acks);
         check(run, &verified);
@@ -261,4 +271,111 @@ fn async_direct_loses_at_most_the_write_buffer_and_only_a_suffix() {
 #[test]
 fn async_buffered_loses_at_most_the_write_buffer_and_only_a_suffix() {
     crash_rounds("async", "buffered", only_a_bounded_suffix_lost);
+}
+
+/// An acknowledgement of the probe in store mode: `ack run seq pos len queue offset`.
+#[derive(Debug, Clone, Copy)]
+struct StoreAck {
+    run: u64,
+    seq: u64,
+    pos: u64,
+    queue: u32,
+    offset: u64,
+}
+
+fn parse_store_ack(line: &str) -> Option<StoreAck> {
+    let mut parts = line
+        .strip_prefix("ack ")?
+        .split(' ')
+        .map(|p| p.parse::<u64>().ok());
+    let (run, seq, pos, _len, queue, offset) = (
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+    );
+    Some(StoreAck {
+        run,
+        seq,
+        pos,
+        queue: u32::try_from(queue).ok()?,
+        offset,
+    })
+}
+
+#[test]
+fn store_indexes_rebuilt_after_kill_9_match_the_logs_exactly() {
+    use quiver_bench::probe::{index_from_logs, index_of_store};
+    use quiver_engine::StoreConfig;
+    use quiver_engine::store::Store;
+    use quiver_engine::store::types::MessagePos;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    let config_path = dir.path().join("log.toml");
+    std::fs::write(&config_path, config_toml("sync", "buffered")).expect("write config");
+    let log_config = LogConfig::load(&config_path).expect("config");
+    let store_config = StoreConfig {
+        shards: 2,
+        pin_threads: false,
+        log: log_config.clone(),
+        ..StoreConfig::default()
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        | 1;
+    eprintln!("store crash test seed {seed}");
+    let mut rng = XorShift(seed);
+    let mut acked: Vec<StoreAck> = Vec::new();
+    for run in 0..12 {
+        let kill_after = if rng.next().is_multiple_of(6) {
+            0
+        } else {
+            1 + rng.next() % 3000
+        };
+        let lines = run_and_kill(
+            &store_dir,
+            &config_path,
+            run,
+            kill_after,
+            &["--queues", "7", "--shards", "2"],
+        );
+        acked.extend(
+            lines
+                .iter()
+                .map(|l| parse_store_ack(l).unwrap_or_else(|| panic!("unreadable ack: {l}"))),
+        );
+        if !store_dir.exists() {
+            continue;
+        }
+        let expected = index_from_logs(&store_dir, &log_config).expect("scan the logs");
+        let store =
+            Store::open(&store_dir, store_config.clone()).expect("reopen the store after kill -9");
+        let indexed = index_of_store(&store).expect("read the indexes");
+        assert_eq!(
+            indexed, expected,
+            "run {run}: the rebuilt indexes differ from the logs"
+        );
+        for ack in &acked {
+            let pos = MessagePos::from_u64(ack.pos);
+            let entries = &expected[&(probe::PROBE_TOPIC.to_vec(), ack.queue)];
+            assert!(
+                entries.binary_search(&(ack.offset, pos.log_pos())).is_ok(),
+                "run {run}: acknowledged {ack:?} is not at its offset"
+            );
+            let record = futures_executor::block_on(store.read_at(pos))
+                .expect("read an acknowledged message");
+            assert_eq!(probe::verify(&record, MAX_BODY), Ok((ack.run, ack.seq)));
+        }
+        futures_executor::block_on(store.shutdown()).expect("shutdown");
+    }
+    assert!(
+        acked.len() > 1000,
+        "too few acknowledgements ({}) to test anything",
+        acked.len()
+    );
 }

@@ -2,7 +2,13 @@
 //! from the two numbers, so a checker can tell an intact record from a damaged or foreign one
 //! without any other state.
 
-use quiver_engine::Record;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use futures_executor::block_on;
+use quiver_engine::store::Store;
+use quiver_engine::store::types::ReadOutcome;
+use quiver_engine::{CommitLog, LogConfig, Record};
 
 /// Topic of probe records.
 pub const PROBE_TOPIC: &[u8] = b"probe";
@@ -56,6 +62,83 @@ pub fn verify(record: &Record, max_body: usize) -> Result<(u64, u64), String> {
         return Err(format!("keys of probe record {run}-{seq} are damaged"));
     }
     Ok((run, seq))
+}
+
+/// Per queue (topic, queue id): (queue offset, log position) of every message, in offset order.
+pub type QueueIndex = BTreeMap<(Vec<u8>, u32), Vec<(u64, u64)>>;
+
+/// The shard directories of a store.
+pub fn shard_dirs(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("shard-"))
+        {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// What a store's offset indexes must hold, from its commit logs alone. Opens (so recovers)
+/// each shard's log directly: call it while the store is not open.
+pub fn index_from_logs(root: &Path, log: &LogConfig) -> Result<QueueIndex, String> {
+    let mut index = QueueIndex::new();
+    let runtime = compio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    for shard in shard_dirs(root).map_err(|e| e.to_string())? {
+        runtime.block_on(async {
+            let (log, _) = CommitLog::open(shard.join("commitlog"), log.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut scan = log.scan(log.positions().start);
+            while let Some(record) = scan.next().await.map_err(|e| e.to_string())? {
+                let h = record.header();
+                index
+                    .entry((record.topic().to_vec(), h.queue_id.get()))
+                    .or_default()
+                    .push((h.queue_offset.get(), record.log_pos()));
+            }
+            log.close().await.map_err(|e| e.to_string())
+        })?;
+    }
+    Ok(index)
+}
+
+/// What the store's offset indexes hold, read through the store from every queue's minimum.
+pub fn index_of_store(store: &Store) -> Result<QueueIndex, String> {
+    let mut index = QueueIndex::new();
+    for queue in store.queues() {
+        let mut entries = Vec::new();
+        let mut offset = 0;
+        loop {
+            let outcome =
+                block_on(store.read(&queue.topic, queue.queue_id, offset, 256, 4 << 20, None))
+                    .map_err(|e| e.to_string())?;
+            match outcome {
+                ReadOutcome::Found {
+                    messages,
+                    next_offset,
+                    ..
+                } => {
+                    entries.extend(messages.iter().map(|m| (m.queue_offset, m.pos.log_pos())));
+                    offset = next_offset;
+                }
+                ReadOutcome::NoNewMessage { .. } => break,
+                ReadOutcome::OffsetMoved { min_offset, .. } => offset = min_offset,
+                other => {
+                    return Err(format!(
+                        "reading {:?}/{}: {other:?}",
+                        queue.topic, queue.queue_id
+                    ));
+                }
+            }
+        }
+        index.insert((queue.topic.to_vec(), queue.queue_id), entries);
+    }
+    Ok(index)
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! After damage to the indexes (or their checkpoint), reopening the store rebuilds them so that
 //! they match the commit logs exactly: every record of a queue at its offset, nothing else.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures_executor::block_on;
+use quiver_bench::probe::{index_from_logs, index_of_store};
 use quiver_engine::store::Store;
-use quiver_engine::store::types::{Message, ReadOutcome};
-use quiver_engine::{CommitLog, FlushMode, LogConfig, StoreConfig};
+use quiver_engine::store::types::Message;
+use quiver_engine::{FlushMode, LogConfig, StoreConfig};
 
 fn config() -> StoreConfig {
     StoreConfig {
@@ -28,74 +28,6 @@ fn config() -> StoreConfig {
     }
 }
 
-type Index = BTreeMap<(Vec<u8>, u32), Vec<(u64, u64)>>;
-
-/// What the indexes must hold, from the logs alone: per queue, (offset, log position) in order.
-fn expected_from_logs(root: &Path) -> Index {
-    let mut index = Index::new();
-    let runtime = compio::runtime::Runtime::new().unwrap();
-    for shard in shard_dirs(root) {
-        runtime.block_on(async {
-            let (log, _) = CommitLog::open(shard.join("commitlog"), config().log)
-                .await
-                .unwrap();
-            let mut scan = log.scan(log.positions().start);
-            while let Some(record) = scan.next().await.unwrap() {
-                let h = record.header();
-                index
-                    .entry((record.topic().to_vec(), h.queue_id.get()))
-                    .or_default()
-                    .push((h.queue_offset.get(), record.log_pos()));
-            }
-            log.close().await.unwrap();
-        });
-    }
-    index
-}
-
-/// What the store's indexes say.
-fn indexed(store: &Store) -> Index {
-    let mut index = Index::new();
-    for queue in store.queues() {
-        let mut entries = Vec::new();
-        let mut offset = 0;
-        loop {
-            match block_on(store.read(&queue.topic, queue.queue_id, offset, 100, 1 << 20, None))
-                .unwrap()
-            {
-                ReadOutcome::Found {
-                    messages,
-                    next_offset,
-                    ..
-                } => {
-                    entries.extend(messages.iter().map(|m| (m.queue_offset, m.pos.log_pos())));
-                    offset = next_offset;
-                }
-                ReadOutcome::NoNewMessage { .. } => break,
-                ReadOutcome::OffsetMoved { min_offset, .. } => offset = min_offset,
-                other => panic!("{other:?}"),
-            }
-        }
-        index.insert((queue.topic.to_vec(), queue.queue_id), entries);
-    }
-    index
-}
-
-fn shard_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("shard-")
-        })
-        .collect();
-    dirs.sort();
-    dirs
-}
-
 fn fill(root: &Path) {
     let store = Store::open(root, config()).unwrap();
     for i in 0..600u64 {
@@ -112,9 +44,13 @@ fn fill(root: &Path) {
 
 /// Reopens, checks the indexes against the logs and that key queries work, and closes.
 fn assert_rebuilt(root: &Path) {
-    let expected = expected_from_logs(root);
+    let expected = index_from_logs(root, &config().log).unwrap();
     let store = Store::open(root, config()).unwrap();
-    assert_eq!(indexed(&store), expected, "indexes differ from the logs");
+    assert_eq!(
+        index_of_store(&store).unwrap(),
+        expected,
+        "indexes differ from the logs"
+    );
     for i in [0u64, 299, 599] {
         let found =
             block_on(store.query_key(b"t", format!("key-{i}").as_bytes(), 5, 0, u64::MAX)).unwrap();
