@@ -564,7 +564,7 @@ impl Inner {
             let mut st = self.st.borrow_mut();
             st.prep.want = st.prep.want.max(base);
         }
-        let attempt = self.ensure_prepared();
+        let attempt = self.ensure_prepared(blocked.segment.is_some());
         loop {
             let listener = self.room.listen();
             {

@@ -356,7 +356,7 @@ pub(super) async fn open(
         compio::runtime::spawn(flush_timer(Rc::downgrade(&inner), interval)).detach();
     }
     compio::runtime::spawn(pump_task(Rc::downgrade(&inner))).detach();
-    inner.ensure_prepared();
+    inner.ensure_prepared(false);
     Ok((CommitLog { inner }, report))
 }
 

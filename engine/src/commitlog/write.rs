@@ -112,7 +112,7 @@ impl Inner {
         if let Some(flush) = flush {
             compio::runtime::spawn(flush_task(Rc::clone(self), flush)).detach();
         }
-        self.ensure_prepared();
+        self.ensure_prepared(false);
     }
 
     /// The next write, if one may go now.
@@ -261,13 +261,17 @@ impl Inner {
         )
     }
 
-    fn prep_allowed(&self, st: &State) -> bool {
+    /// Whether preparation may start: background retries after a failure wait
+    /// `PREP_RETRY_MS`; an append waiting for the segment (`demanded`) retries at once, since a
+    /// full disk fails fast in `fallocate` and space may have been freed.
+    fn prep_allowed(&self, st: &State, demanded: bool) -> bool {
         !st.closed
             && st.failed.is_none()
-            && st
-                .prep
-                .failed_at
-                .is_none_or(|at| at.elapsed() >= Duration::from_millis(PREP_RETRY_MS))
+            && (demanded
+                || st
+                    .prep
+                    .failed_at
+                    .is_none_or(|at| at.elapsed() >= Duration::from_millis(PREP_RETRY_MS)))
     }
 
     /// How fast to pre-write segment `base`, `done` bytes in: stay half a segment ahead of
@@ -311,9 +315,12 @@ impl Inner {
     }
 
     /// Starts preparing segments if needed and allowed; returns the current attempt number.
-    pub(super) fn ensure_prepared(self: &Rc<Self>) -> u64 {
+    pub(super) fn ensure_prepared(self: &Rc<Self>, demanded: bool) -> u64 {
         let mut st = self.st.borrow_mut();
-        if st.prep.running || !self.prep_allowed(&st) || self.next_prep_base(&st).is_none() {
+        if st.prep.running
+            || !self.prep_allowed(&st, demanded)
+            || self.next_prep_base(&st).is_none()
+        {
             return st.prep.attempts;
         }
         st.prep.running = true;
