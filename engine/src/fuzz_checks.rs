@@ -2,7 +2,10 @@
 //! CI checks every saved input with the very code the fuzzer ran. A panic is a finding.
 
 use bytes::Bytes;
+use zerocopy::FromBytes;
 
+use crate::consumequeue::{CQ_ENTRY_BYTES, CqEntry, valid_prefix};
+use crate::keyindex::KeyIndexView;
 use crate::record::{HEADER_BYTES, Record, RecordKind, decode};
 use crate::scan::{ScanState, ScanStep, scan_segment, scan_window};
 
@@ -93,4 +96,44 @@ pub fn segment_recovery(data: &[u8]) {
         "windowed scan disagrees with a whole scan"
     );
     assert_eq!(windowed.records, state.records);
+}
+
+/// Offset-index file decoder: any bytes give a valid prefix of whole entries, each of a
+/// plausible size, in increasing, non-overlapping log positions.
+pub fn offset_index_decoder(data: &[u8]) {
+    let max = FUZZ_MAX_RECORD_BYTES as u32;
+    let n = valid_prefix(data, max, 0);
+    assert!(n * CQ_ENTRY_BYTES <= data.len());
+    let entries = match <[CqEntry]>::ref_from_bytes(&data[..n * CQ_ENTRY_BYTES]) {
+        Ok(entries) => entries,
+        Err(_) => panic!("a valid prefix is not whole entries"),
+    };
+    let mut prev_end = 0;
+    for entry in entries {
+        assert!(entry.size.get() as usize >= HEADER_BYTES && entry.size.get() <= max);
+        assert!(entry.log_pos.get() >= prev_end);
+        prev_end = entry.end();
+    }
+    // The prefix is maximal: the next whole entry, if any, is not valid after it.
+    if (n + 1) * CQ_ENTRY_BYTES <= data.len() {
+        assert_eq!(valid_prefix(&data[..(n + 1) * CQ_ENTRY_BYTES], max, 0), n);
+    }
+}
+
+/// Key-index file decoder: any bytes are accepted or refused without panicking, and every chain
+/// of an accepted file ends, after at most as many steps as there are entries.
+pub fn key_index_decoder(data: &[u8]) {
+    let Ok(view) = KeyIndexView::decode(data) else {
+        return;
+    };
+    let count = view.header.entry_count.get() as usize;
+    let mut hashes = vec![0u32, 1, u32::MAX];
+    hashes.extend(
+        data.chunks_exact(4)
+            .take(64)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    for hash in hashes {
+        assert!(view.lookup(hash).take(count + 1).count() <= count);
+    }
 }

@@ -29,3 +29,19 @@ fn recover_segment_corpus() {
         quiver_engine::fuzz_checks::segment_recovery,
     );
 }
+
+#[test]
+fn offset_index_decode_corpus() {
+    replay(
+        "offset_index_decode",
+        quiver_engine::fuzz_checks::offset_index_decoder,
+    );
+}
+
+#[test]
+fn key_index_decode_corpus() {
+    replay(
+        "key_index_decode",
+        quiver_engine::fuzz_checks::key_index_decoder,
+    );
+}
