@@ -53,6 +53,11 @@ pub struct KeyIndexHeader {
 /// Size of the header.
 pub const KEY_INDEX_HEADER_BYTES: usize = size_of::<KeyIndexHeader>();
 
+const _: () = assert!(
+    KEY_INDEX_HEADER_BYTES == 52,
+    "engine/FORMAT.md documents a 52-byte header"
+);
+
 /// One indexed key occurrence.
 #[derive(
     FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
