@@ -6,23 +6,15 @@
 //! (default `./data/criterion`). The log is opened once per group and kept warm (segments
 //! retired and recycled), so samples measure the steady state.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use quiver_bench::bench_dir;
 use quiver_bench::engine::{AppendLoad, run_phase};
 use quiver_engine::{CommitLog, FlushMode, LogConfig, NewRecord};
 
 const RECORD_BYTES: usize = 1024;
 const SEGMENT_BYTES: u64 = 64 << 20;
-
-fn bench_dir(name: &str) -> PathBuf {
-    let root = std::env::var_os("BENCH_DIR")
-        .map_or_else(|| PathBuf::from("./data/criterion"), PathBuf::from);
-    let dir = root.join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("append_1KiB");

@@ -6,12 +6,12 @@
 //! `cargo bench -p quiver-bench --bench store`; `BENCH_DIR` chooses the disk.
 
 use std::cell::Cell;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use quiver_bench::bench_dir;
 use quiver_engine::store::Store;
 use quiver_engine::store::types::{Message, ReadOutcome};
 use quiver_engine::{FlushMode, LogConfig, StoreConfig};
@@ -19,14 +19,6 @@ use quiver_engine::{FlushMode, LogConfig, StoreConfig};
 const BODY_BYTES: usize = 1024;
 const CALLERS: usize = 64;
 const QUEUES: u32 = 8;
-
-fn bench_dir(name: &str) -> PathBuf {
-    let root = std::env::var_os("BENCH_DIR")
-        .map_or_else(|| PathBuf::from("./data/criterion"), PathBuf::from);
-    let dir = root.join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn config(shards: usize, flush: FlushMode) -> StoreConfig {
     StoreConfig {

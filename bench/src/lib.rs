@@ -7,3 +7,14 @@
 pub mod engine;
 pub mod fio;
 pub mod probe;
+
+/// A fresh directory for a benchmark's data, under `BENCH_DIR` (default `./data/criterion`).
+pub fn bench_dir(name: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("BENCH_DIR").map_or_else(
+        || std::path::PathBuf::from("./data/criterion"),
+        std::path::PathBuf::from,
+    );
+    let dir = root.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}

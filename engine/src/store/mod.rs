@@ -290,10 +290,7 @@ impl Store {
         queue_id: u32,
         messages: Vec<Message>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let queue = QueueId {
-            topic: Bytes::copy_from_slice(topic),
-            queue_id,
-        };
+        let queue = QueueId::new(topic, queue_id);
         let shard = self.route_or_place(&queue);
         self.call(shard, |reply| Request::Append {
             shard,
@@ -313,10 +310,7 @@ impl Store {
         queue_id: u32,
         messages: Vec<Message>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let queue = QueueId {
-            topic: Bytes::copy_from_slice(topic),
-            queue_id,
-        };
+        let queue = QueueId::new(topic, queue_id);
         let shard = self.route_or_place(&queue);
         let (reply, answer) = oneshot::channel();
         let request = Request::Append {
@@ -333,8 +327,9 @@ impl Store {
         }
     }
 
-    /// Reads up to `max_count` messages and about `max_bytes` (at least one message) from queue
-    /// offset `offset`, optionally filtered by tag.
+    /// Reads up to `max_count` messages (at most [`shard::READ_ENTRIES_MAX`]) and about
+    /// `max_bytes` (at most [`shard::READ_BYTES_MAX`], at least one message) from queue offset
+    /// `offset`, optionally filtered by tag.
     pub async fn read(
         &self,
         topic: &[u8],
@@ -344,10 +339,7 @@ impl Store {
         max_bytes: usize,
         filter: Option<TagFilter>,
     ) -> Result<ReadOutcome, StoreError> {
-        let queue = QueueId {
-            topic: Bytes::copy_from_slice(topic),
-            queue_id,
-        };
+        let queue = QueueId::new(topic, queue_id);
         let Some(shard) = self.route(&queue) else {
             return Ok(ReadOutcome::NoSuchQueue);
         };
@@ -369,10 +361,7 @@ impl Store {
         topic: &[u8],
         queue_id: u32,
     ) -> Result<Option<QueueOffsets>, StoreError> {
-        let queue = QueueId {
-            topic: Bytes::copy_from_slice(topic),
-            queue_id,
-        };
+        let queue = QueueId::new(topic, queue_id);
         let Some(shard) = self.route(&queue) else {
             return Ok(None);
         };
@@ -392,10 +381,7 @@ impl Store {
         queue_id: u32,
         timestamp_ms: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let queue = QueueId {
-            topic: Bytes::copy_from_slice(topic),
-            queue_id,
-        };
+        let queue = QueueId::new(topic, queue_id);
         let Some(shard) = self.route(&queue) else {
             return Ok(None);
         };
@@ -416,10 +402,7 @@ impl Store {
         offset: u64,
         timeout: Duration,
     ) -> Result<(), StoreError> {
-        let queue = QueueId {
-            topic: Bytes::copy_from_slice(topic),
-            queue_id,
-        };
+        let queue = QueueId::new(topic, queue_id);
         let shard = self.route_or_place(&queue);
         self.call(shard, |reply| Request::WaitForMessage {
             shard,
@@ -432,7 +415,7 @@ impl Store {
     }
 
     /// Messages of `topic` carrying `key` (exactly), stored within `[from_ms, to_ms]`, newest
-    /// first, at most `limit`, from every shard.
+    /// first, at most `limit` (and [`shard::QUERY_KEY_RESULTS_MAX`]), from every shard.
     pub async fn query_key(
         &self,
         topic: &[u8],
@@ -460,7 +443,7 @@ impl Store {
         found.sort_by_key(|m| {
             std::cmp::Reverse((m.record.header().store_timestamp_ms.get(), m.pos))
         });
-        found.truncate(limit);
+        found.truncate(limit.min(shard::QUERY_KEY_RESULTS_MAX));
         Ok(found)
     }
 

@@ -45,6 +45,12 @@ const INDEX_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 /// Most entries one read takes from an offset index.
 pub const READ_ENTRIES_MAX: usize = 1024;
 
+/// Most bytes of messages one read returns (beyond its first message).
+pub const READ_BYTES_MAX: usize = 16 << 20;
+
+/// Most messages one key query returns.
+pub const QUERY_KEY_RESULTS_MAX: usize = 4096;
+
 /// Name of the index checkpoint file in a shard directory.
 const INDEX_CHECKPOINT_FILE: &str = "index.checkpoint";
 
@@ -67,6 +73,16 @@ pub struct QueueId {
     pub topic: Bytes,
     /// Queue within the topic.
     pub queue_id: u32,
+}
+
+impl QueueId {
+    /// The queue `queue_id` of `topic`.
+    pub fn new(topic: &[u8], queue_id: u32) -> QueueId {
+        QueueId {
+            topic: Bytes::copy_from_slice(topic),
+            queue_id,
+        }
+    }
 }
 
 /// The directory name of a topic: the name itself when it uses only RocketMQ's topic
@@ -420,10 +436,7 @@ impl Shard {
         topic: &[u8],
         queue_id: u32,
     ) -> Result<Rc<QueueState>, StoreError> {
-        let id = QueueId {
-            topic: Bytes::copy_from_slice(topic),
-            queue_id,
-        };
+        let id = QueueId::new(topic, queue_id);
         if let Some(queue) = self.inner.queues.borrow().get(&id) {
             return Ok(Rc::clone(queue));
         }
@@ -615,10 +628,7 @@ impl Shard {
     }
 
     fn queue(&self, topic: &[u8], queue_id: u32) -> Option<Rc<QueueState>> {
-        let id = QueueId {
-            topic: Bytes::copy_from_slice(topic),
-            queue_id,
-        };
+        let id = QueueId::new(topic, queue_id);
         self.inner.queues.borrow().get(&id).cloned()
     }
 
@@ -699,6 +709,7 @@ impl Shard {
             });
         }
         let count = max_count.clamp(1, READ_ENTRIES_MAX);
+        let max_bytes = max_bytes.min(READ_BYTES_MAX);
         let entries = ConsumeQueue::entries(&queue.cq, offset, count)
             .await
             .map_err(StoreError::io("reading an offset index"))?;
@@ -843,6 +854,7 @@ impl Shard {
         to_ms: u64,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let hash = key_hash(topic, key);
+        let limit = limit.min(QUERY_KEY_RESULTS_MAX);
         let mut candidates: Vec<(u64, u64)> = Vec::new();
         let sealed_newest_first: Vec<(u64, u64, u64)>;
         {
