@@ -603,3 +603,47 @@ fn a_full_request_queue_answers_busy_and_loses_nothing_accepted() {
     }
     block_on(store.shutdown()).unwrap();
 }
+
+#[test]
+fn thread_services_run_on_every_thread_reach_every_shard_and_see_the_stop() {
+    use quiver_engine::store::{LocalShards, ThreadService};
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let service: ThreadService = Arc::new(move |local: LocalShards| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let thread = local.thread_index() as u64;
+            // Four queues: some on this thread's shard, some on the other's.
+            for queue in 0..4 {
+                local
+                    .append(b"svc", queue, vec![message("svc", queue, thread)])
+                    .await
+                    .unwrap();
+            }
+            tx.send(thread).unwrap();
+            local.stopping().await;
+            tx.send(100 + thread).unwrap();
+        })
+    });
+    let store = Store::open_with_service(dir.path(), config(2, FlushMode::Sync), service).unwrap();
+    let mut started = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+    started.sort();
+    assert_eq!(started, vec![0, 1]);
+    for queue in 0..4 {
+        let messages = read_all(&store, "svc", queue);
+        let mut from: Vec<u64> = messages
+            .iter()
+            .map(|m| m.record.header().born_timestamp_ms.get())
+            .collect();
+        from.sort();
+        assert_eq!(
+            from,
+            vec![0, 1],
+            "queue {queue} has one message from each thread"
+        );
+    }
+    block_on(store.shutdown()).unwrap();
+    let mut stopped = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+    stopped.sort();
+    assert_eq!(stopped, vec![100, 101]);
+}

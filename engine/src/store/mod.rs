@@ -104,9 +104,171 @@ enum Request {
         now: SystemTime,
         reply: Reply<usize>,
     },
+    StartService {
+        store: Store,
+        service: ThreadService,
+        thread: usize,
+    },
     Shutdown {
         reply: Reply<()>,
     },
+}
+
+/// Work to run on every shard thread beside its shards, such as a network front that serves the
+/// connections accepted on that thread: it calls the thread's own shards directly (no hand-off)
+/// and the others through the store. Started once the store is open; [`LocalShards::stopping`]
+/// completes when the store shuts down.
+pub type ThreadService = Arc<
+    dyn Fn(LocalShards) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + Sync,
+>;
+
+/// The shards of the current thread, and the store for the rest: what a [`ThreadService`] uses.
+#[derive(Clone)]
+pub struct LocalShards {
+    shards: Rc<HashMap<u16, Shard>>,
+    store: Store,
+    thread: usize,
+    stopping: Rc<(std::cell::Cell<bool>, event_listener::Event)>,
+}
+
+impl LocalShards {
+    /// The whole store (any thread's shards, through hand-offs).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Which shard thread this is (0-based).
+    pub fn thread_index(&self) -> usize {
+        self.thread
+    }
+
+    /// Completes when the store begins to shut down.
+    pub async fn stopping(&self) {
+        loop {
+            let listener = self.stopping.1.listen();
+            if self.stopping.0.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn local(&self, queue: &QueueId, create: bool) -> Option<(u16, &Shard)> {
+        let shard = if create {
+            Some(self.store.route_or_place(queue))
+        } else {
+            self.store.route(queue)
+        }?;
+        self.shards.get(&shard).map(|s| (shard, s))
+    }
+
+    /// [`Store::append`], without a hand-off when the queue's shard is on this thread.
+    pub async fn append(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        match self.local(&QueueId::new(topic, queue_id), true) {
+            Some((_, shard)) => shard.append(topic, queue_id, &messages).await,
+            None => self.store.append(topic, queue_id, messages).await,
+        }
+    }
+
+    /// [`Store::read`], without a hand-off when the queue's shard is on this thread.
+    pub async fn read(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: Option<TagFilter>,
+    ) -> Result<ReadOutcome, StoreError> {
+        match self.local(&QueueId::new(topic, queue_id), false) {
+            Some((_, shard)) => {
+                shard
+                    .read(
+                        topic,
+                        queue_id,
+                        offset,
+                        max_count,
+                        max_bytes,
+                        filter.as_ref(),
+                    )
+                    .await
+            }
+            None => {
+                self.store
+                    .read(topic, queue_id, offset, max_count, max_bytes, filter)
+                    .await
+            }
+        }
+    }
+
+    /// [`Store::offsets`], without a hand-off when the queue's shard is on this thread.
+    pub async fn offsets(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+    ) -> Result<Option<QueueOffsets>, StoreError> {
+        match self.local(&QueueId::new(topic, queue_id), false) {
+            Some((_, shard)) => Ok(shard.offsets(topic, queue_id)),
+            None => self.store.offsets(topic, queue_id).await,
+        }
+    }
+
+    /// [`Store::offset_for_timestamp`], without a hand-off when the queue's shard is here.
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        timestamp_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        match self.local(&QueueId::new(topic, queue_id), false) {
+            Some((_, shard)) => {
+                shard
+                    .offset_for_timestamp(topic, queue_id, timestamp_ms)
+                    .await
+            }
+            None => {
+                self.store
+                    .offset_for_timestamp(topic, queue_id, timestamp_ms)
+                    .await
+            }
+        }
+    }
+
+    /// [`Store::wait_for_message`], without a hand-off when the queue's shard is here.
+    pub async fn wait_for_message(
+        &self,
+        topic: &[u8],
+        queue_id: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        match self.local(&QueueId::new(topic, queue_id), true) {
+            Some((_, shard)) => {
+                shard
+                    .wait_for_message(topic, queue_id, offset, timeout)
+                    .await;
+                Ok(())
+            }
+            None => {
+                self.store
+                    .wait_for_message(topic, queue_id, offset, timeout)
+                    .await
+            }
+        }
+    }
+
+    /// [`Store::read_at`], without a hand-off when the position's shard is here.
+    pub async fn read_at(&self, pos: MessagePos) -> Result<Record, StoreError> {
+        match self.shards.get(&pos.shard()) {
+            Some(shard) => shard.read_at(pos.log_pos()).await,
+            None => self.store.read_at(pos).await,
+        }
+    }
 }
 
 /// A shard thread: where to send, and the thread.
@@ -467,6 +629,30 @@ impl Store {
         Ok(total)
     }
 
+    /// Opens the store like [`Store::open`] and then starts `service` on every shard thread.
+    pub fn open_with_service(
+        dir: impl AsRef<Path>,
+        config: StoreConfig,
+        service: ThreadService,
+    ) -> Result<Store, OpenError> {
+        let store = Store::open(dir, config)?;
+        for (thread, worker) in store.inner.workers.iter().enumerate() {
+            let request = Request::StartService {
+                store: store.clone(),
+                service: Arc::clone(&service),
+                thread,
+            };
+            if worker.tx.send(request).is_err() {
+                store.stop_threads();
+                return Err(OpenError::Io {
+                    op: "starting a thread service",
+                    source: std::io::Error::other("a shard thread stopped"),
+                });
+            }
+        }
+        Ok(store)
+    }
+
     /// Flushes and closes every shard and stops the threads.
     pub async fn shutdown(self) -> Result<(), StoreError> {
         let mut result = Ok(());
@@ -552,9 +738,23 @@ fn run_thread(
             return;
         }
         let shards = Rc::new(shards);
+        let stopping = Rc::new((std::cell::Cell::new(false), event_listener::Event::new()));
         let shutdown_reply = loop {
             match rx.recv_async().await {
                 Ok(Request::Shutdown { reply }) => break Some(reply),
+                Ok(Request::StartService {
+                    store,
+                    service,
+                    thread,
+                }) => {
+                    let local = LocalShards {
+                        shards: Rc::clone(&shards),
+                        store,
+                        thread,
+                        stopping: Rc::clone(&stopping),
+                    };
+                    compio::runtime::spawn(service(local)).detach();
+                }
                 Ok(request) => {
                     compio::runtime::spawn(serve(Rc::clone(&shards), request)).detach();
                 }
@@ -562,6 +762,8 @@ fn run_thread(
                 Err(_) => break None,
             }
         };
+        stopping.0.set(true);
+        stopping.1.notify(usize::MAX);
         let mut result = Ok(());
         for shard in shards.values() {
             if let Err(e) = shard.clone().close().await {
@@ -693,6 +895,9 @@ async fn serve(shards: Rc<HashMap<u16, Shard>>, request: Request) {
             let _ = reply.send(Err(StoreError::BadRequest(
                 "shutdown is handled by the thread loop".into(),
             )));
+        }
+        Request::StartService { .. } => {
+            tracing::error!("a thread service reached the request handler");
         }
     }
 }
