@@ -3,4 +3,5 @@
 
 #![deny(missing_docs)]
 
+pub mod message;
 pub mod remoting;
