@@ -95,18 +95,15 @@ impl NameServer {
     /// Binds and starts serving on its own thread.
     pub fn start(config: NamesrvConfig) -> Result<NameServer, StartError> {
         config.validate()?;
-        let listener = crate::listen::bind(config.listen, false).map_err(|source| {
-            StartError::Io {
+        let listener =
+            crate::listen::bind(config.listen, false).map_err(|source| StartError::Io {
                 op: format!("listening on {}", config.listen),
                 source,
-            }
-        })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Io {
-                op: "reading the listening address".into(),
-                source,
             })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Io {
+            op: "reading the listening address".into(),
+            source,
+        })?;
         let table = Arc::new(Mutex::new(RouteTable::default()));
         let (stop, stopped) = flume::bounded::<()>(1);
         let service = NameServerService {
@@ -241,16 +238,14 @@ impl Service for NameServerService {
             request::REGISTER_BROKER => self.register_broker(&connection, &request),
             request::UNREGISTER_BROKER => self.unregister_broker(&request),
             request::GET_ROUTEINFO_BY_TOPIC => self.route(&request),
-            request::GET_BROKER_CLUSTER_INFO => Ok(RemotingCommand::response_to(
-                &request,
-                response::SUCCESS,
-            )
-            .with_body(encode_json(&lock(&self.table).cluster_info()))),
-            request::GET_ALL_TOPIC_LIST_FROM_NAMESERVER => Ok(RemotingCommand::response_to(
-                &request,
-                response::SUCCESS,
-            )
-            .with_body(encode_json(&lock(&self.table).topics()))),
+            request::GET_BROKER_CLUSTER_INFO => {
+                Ok(RemotingCommand::response_to(&request, response::SUCCESS)
+                    .with_body(encode_json(&lock(&self.table).cluster_info())))
+            }
+            request::GET_ALL_TOPIC_LIST_FROM_NAMESERVER => {
+                Ok(RemotingCommand::response_to(&request, response::SUCCESS)
+                    .with_body(encode_json(&lock(&self.table).topics())))
+            }
             request::DELETE_TOPIC_IN_NAMESRV => self.delete_topic(&request),
             code => Ok(crate::not_supported(&request, code)),
         };
@@ -282,7 +277,11 @@ impl NameServerService {
             .optional_parsed::<u64>("heartbeatTimeoutMillis")
             .map_err(field)?
             .map_or(self.broker_expiry, Duration::from_millis);
-        if request.optional_parsed::<bool>("compressed").map_err(field)? == Some(true) {
+        if request
+            .optional_parsed::<bool>("compressed")
+            .map_err(field)?
+            == Some(true)
+        {
             return Err("compressed broker registrations are not supported".into());
         }
         let body = request.body_bytes();
@@ -308,7 +307,11 @@ impl NameServerService {
             topics: registered.topic_config_serialize_wrapper,
             connection: Some(connection.id()),
         };
-        tracing::debug!(broker = broker_addr, topics = registration.topics.topic_config_table.len(), "broker registered");
+        tracing::debug!(
+            broker = broker_addr,
+            topics = registration.topics.topic_config_table.len(),
+            "broker registered"
+        );
         let answer = lock(&self.table).register(registration, Instant::now());
         let mut response = RemotingCommand::response_to(request, response::SUCCESS);
         if let Some(master) = answer.master_addr {
@@ -335,10 +338,9 @@ impl NameServerService {
         Ok(match lock(&self.table).route(topic) {
             Some(route) => RemotingCommand::response_to(request, response::SUCCESS)
                 .with_body(encode_json(&route)),
-            None => RemotingCommand::response_to(request, response::TOPIC_NOT_EXIST)
-                .with_remark(format!(
-                    "No topic route info in name server for the topic: {topic}"
-                )),
+            None => RemotingCommand::response_to(request, response::TOPIC_NOT_EXIST).with_remark(
+                format!("No topic route info in name server for the topic: {topic}"),
+            ),
         })
     }
 

@@ -97,10 +97,10 @@ impl RouteTable {
             .is_none_or(|live| live.data_version != version);
         if reg.broker_id == MASTER_ID && (first || changed) {
             for (name, topic) in &reg.topics.topic_config_table {
-                self.topics
-                    .entry(name.clone())
-                    .or_default()
-                    .insert(reg.broker_name.clone(), QueueData::new(&reg.broker_name, topic));
+                self.topics.entry(name.clone()).or_default().insert(
+                    reg.broker_name.clone(),
+                    QueueData::new(&reg.broker_name, topic),
+                );
             }
         }
         self.live.insert(
@@ -256,7 +256,13 @@ mod tests {
     use super::*;
     use crate::protocol::route::TopicConfig;
 
-    fn registration(name: &str, addr: &str, id: i64, topics: &[(&str, i32)], counter: i64) -> Registration {
+    fn registration(
+        name: &str,
+        addr: &str,
+        id: i64,
+        topics: &[(&str, i32)],
+        counter: i64,
+    ) -> Registration {
         let mut wrapper = TopicConfigWrapper::default();
         wrapper.data_version.counter = counter;
         for (topic, queues) in topics {
@@ -281,7 +287,10 @@ mod tests {
         let mut table = RouteTable::default();
         let t0 = Instant::now();
         table.register(registration("a", "1.1.1.1:10911", 0, &[("T", 4)], 1), t0);
-        table.register(registration("b", "2.2.2.2:10911", 0, &[("T", 2), ("U", 1)], 1), t0);
+        table.register(
+            registration("b", "2.2.2.2:10911", 0, &[("T", 2), ("U", 1)], 1),
+            t0,
+        );
         let route = table.route("T").unwrap();
         assert_eq!(route.queue_datas.len(), 2);
         assert_eq!(route.broker_datas[0].broker_addrs[&0], "1.1.1.1:10911");
@@ -290,12 +299,21 @@ mod tests {
 
         // b keeps registering, a stops.
         let later = t0 + Duration::from_secs(100);
-        table.register(registration("b", "2.2.2.2:10911", 0, &[("T", 2), ("U", 1)], 1), later);
-        assert_eq!(table.expire(t0 + Duration::from_secs(121)), ["1.1.1.1:10911"]);
+        table.register(
+            registration("b", "2.2.2.2:10911", 0, &[("T", 2), ("U", 1)], 1),
+            later,
+        );
+        assert_eq!(
+            table.expire(t0 + Duration::from_secs(121)),
+            ["1.1.1.1:10911"]
+        );
         let route = table.route("T").unwrap();
         assert_eq!(route.queue_datas.len(), 1);
         assert_eq!(route.queue_datas[0].broker_name, "b");
-        assert_eq!(table.cluster_info().cluster_addr_table["DefaultCluster"].len(), 1);
+        assert_eq!(
+            table.cluster_info().cluster_addr_table["DefaultCluster"].len(),
+            1
+        );
     }
 
     #[test]
@@ -322,7 +340,10 @@ mod tests {
         assert_eq!(answer.ha_server_addr.as_deref(), Some("1:1-ha"));
         assert_eq!(table.connection_closed(7), ["1:1"]);
         // The slave keeps the broker name alive.
-        assert_eq!(table.route("T").unwrap().broker_datas[0].broker_addrs.len(), 1);
+        assert_eq!(
+            table.route("T").unwrap().broker_datas[0].broker_addrs.len(),
+            1
+        );
         table.unregister("a", "1:2", 1);
         assert!(table.route("T").is_none());
         assert!(table.cluster_info().broker_addr_table.is_empty());
