@@ -154,3 +154,49 @@ fn lost_key_index_files_are_rebuilt() {
     }
     assert_rebuilt(dir.path());
 }
+
+#[test]
+fn a_broken_index_of_a_recreated_topic_is_rebuilt_from_its_last_life_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = |life: u8, i: u64| Bytes::from(vec![life; 40 + i as usize]);
+    let store = Store::open(dir.path(), config()).unwrap();
+    for i in 0..100u64 {
+        let m = Message {
+            body: body(1, i),
+            ..Message::default()
+        };
+        block_on(store.append(b"t", 2, vec![m])).unwrap();
+    }
+    block_on(store.delete_topic(b"t")).unwrap();
+    for i in 0..100u64 {
+        let m = Message {
+            body: body(2, i),
+            ..Message::default()
+        };
+        block_on(store.append(b"t", 2, vec![m])).unwrap();
+    }
+    block_on(store.shutdown()).unwrap();
+
+    let mut cq_files = files_named(dir.path(), |p| {
+        p.to_string_lossy().contains("consumequeue/t/2/")
+    });
+    cq_files.sort();
+    assert!(cq_files.len() >= 3, "{cq_files:?}");
+    std::fs::remove_file(&cq_files[1]).unwrap();
+
+    let store = Store::open(dir.path(), config()).unwrap();
+    let mut offset = 0;
+    let mut bodies = Vec::new();
+    while let quiver_engine::store::types::ReadOutcome::Found {
+        messages,
+        next_offset,
+        ..
+    } = block_on(store.read(b"t", 2, offset, 64, 1 << 20, None)).unwrap()
+    {
+        bodies.extend(messages.into_iter().map(|m| m.record.body()));
+        offset = next_offset;
+    }
+    let expected: Vec<Bytes> = (0..100).map(|i| body(2, i)).collect();
+    assert_eq!(bodies, expected);
+    block_on(store.shutdown()).unwrap();
+}

@@ -147,6 +147,38 @@ fn reopening_keeps_queues_offsets_and_routing() {
 }
 
 #[test]
+fn deleting_a_topic_removes_its_queues_for_good_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(2, FlushMode::Sync)).unwrap();
+    for queue in 0..4 {
+        for i in 0..10 {
+            block_on(store.append(b"doomed", queue, vec![message("doomed", queue, i)])).unwrap();
+            block_on(store.append(b"kept", queue, vec![message("kept", queue, i)])).unwrap();
+        }
+    }
+    assert_eq!(block_on(store.delete_topic(b"doomed")).unwrap(), 4);
+    for queue in 0..4 {
+        assert_eq!(block_on(store.offsets(b"doomed", queue)).unwrap(), None);
+        assert!(matches!(
+            block_on(store.read(b"doomed", queue, 0, 10, 1 << 20, None)).unwrap(),
+            ReadOutcome::NoSuchQueue
+        ));
+        assert_queue_holds(&store, "kept", queue, &(0..10).collect::<Vec<_>>());
+    }
+    // Created again, it starts from offset 0; a reopen neither resurrects the old messages nor
+    // loses the new one.
+    let placed = block_on(store.append(b"doomed", 1, vec![message("doomed", 1, 100)])).unwrap();
+    assert_eq!(placed[0].queue_offset, 0);
+    block_on(store.shutdown()).unwrap();
+    let store = Store::open(dir.path(), config(2, FlushMode::Sync)).unwrap();
+    assert_queue_holds(&store, "doomed", 1, &[100]);
+    assert_eq!(block_on(store.offsets(b"doomed", 0)).unwrap(), None);
+    assert_queue_holds(&store, "kept", 3, &(0..10).collect::<Vec<_>>());
+    assert_eq!(block_on(store.delete_topic(b"absent")).unwrap(), 0);
+    block_on(store.shutdown()).unwrap();
+}
+
+#[test]
 fn changing_the_number_of_shards_loses_no_queue() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config(3, FlushMode::Sync)).unwrap();

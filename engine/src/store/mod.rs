@@ -104,6 +104,11 @@ enum Request {
         now: SystemTime,
         reply: Reply<usize>,
     },
+    DeleteTopic {
+        shard: u16,
+        topic: Bytes,
+        reply: Reply<Vec<QueueId>>,
+    },
     StartService {
         store: Store,
         service: ThreadService,
@@ -629,6 +634,29 @@ impl Store {
         Ok(total)
     }
 
+    /// Deletes every queue of `topic` in every shard; returns how many. A queue of the same
+    /// name created afterwards starts again at offset 0. The messages stay in the log until
+    /// retention deletes their segments.
+    pub async fn delete_topic(&self, topic: &[u8]) -> Result<usize, StoreError> {
+        let mut total = 0;
+        for shard in 0..self.inner.shard_count {
+            let topic = Bytes::copy_from_slice(topic);
+            let deleted = self
+                .call(shard, |reply| Request::DeleteTopic {
+                    shard,
+                    topic,
+                    reply,
+                })
+                .await?;
+            total += deleted.len();
+            let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
+            for id in deleted {
+                routes.remove(&id);
+            }
+        }
+        Ok(total)
+    }
+
     /// Opens the store like [`Store::open`] and then starts `service` on every shard thread.
     pub fn open_with_service(
         dir: impl AsRef<Path>,
@@ -887,6 +915,17 @@ async fn serve(shards: Rc<HashMap<u16, Shard>>, request: Request) {
         Request::Retention { shard, now, reply } => {
             let result = match shards.get(&shard) {
                 Some(s) => s.apply_retention(now).await,
+                None => Err(missing(shard)),
+            };
+            let _ = reply.send(result);
+        }
+        Request::DeleteTopic {
+            shard,
+            topic,
+            reply,
+        } => {
+            let result = match shards.get(&shard) {
+                Some(s) => s.delete_topic(&topic).await,
                 None => Err(missing(shard)),
             };
             let _ = reply.send(result);

@@ -120,6 +120,8 @@ pub(crate) struct QueueState {
     assigned: Cell<u64>,
     /// Notified when messages of the queue become readable.
     pub(crate) arrived: Event,
+    /// Set when its topic was deleted: nothing more is indexed for it.
+    deleted: Cell<bool>,
 }
 
 /// A placed batch waiting to become readable.
@@ -343,20 +345,7 @@ impl Shard {
         }
         for id in &broken {
             tracing::warn!(shard = self.inner.id, topic = ?id.topic, queue = id.queue_id, "offset index has a gap; rebuilding it from the log start");
-            let path = self.queue_dir(id);
-            std::fs::remove_dir_all(&path).map_err(io_open("removing a broken offset index"))?;
-            let (cq, _) = ConsumeQueue::open(
-                &path,
-                self.inner.config.cq_file_entries,
-                self.inner.config.log.max_record_bytes as u32,
-                0,
-            )
-            .await
-            .map_err(io_open("recreating an offset index"))?;
-            self.inner
-                .queues
-                .borrow_mut()
-                .insert(id.clone(), new_queue(id.clone(), cq));
+            self.reset_queue(id).await?;
         }
         if !broken.is_empty() {
             let mut scanner = self.inner.log.scan(log_start);
@@ -366,7 +355,14 @@ impl Shard {
                     queue_id: record.header().queue_id.get(),
                 };
                 if broken.contains(&id) {
-                    let queue = self.queue_for_rebuild(&record).await?;
+                    let mut queue = self.queue_for_rebuild(&record).await?;
+                    let offset = record.header().queue_offset.get();
+                    if !queue.cq.borrow().is_empty() && offset < queue.cq.borrow().max_offset() {
+                        // Offsets start again: the topic was deleted and created anew, and
+                        // only its last life counts.
+                        self.reset_queue(&id).await?;
+                        queue = self.queue_for_rebuild(&record).await?;
+                    }
                     // Offsets below the log start are gone: the index starts at the first kept.
                     if let Err(expected) = self.push_entry(&queue, &record) {
                         return Err(OpenError::Layout {
@@ -382,6 +378,28 @@ impl Shard {
             }
         }
         Ok((redispatched, broken.len()))
+    }
+
+    /// Replaces a queue's offset index with an empty one (during recovery).
+    async fn reset_queue(&self, id: &QueueId) -> Result<(), OpenError> {
+        let path = self.queue_dir(id);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(io_open("removing a broken offset index"))?;
+        }
+        let (cq, _) = ConsumeQueue::open(
+            &path,
+            self.inner.config.cq_file_entries,
+            self.inner.config.log.max_record_bytes as u32,
+            0,
+        )
+        .await
+        .map_err(io_open("recreating an offset index"))?;
+        self.inner.dirty.borrow_mut().retain(|q| q.id != *id);
+        self.inner
+            .queues
+            .borrow_mut()
+            .insert(id.clone(), new_queue(id.clone(), cq));
+        Ok(())
     }
 
     async fn queue_for_rebuild(&self, record: &Record) -> Result<Rc<QueueState>, OpenError> {
@@ -549,6 +567,11 @@ impl Shard {
                 }
             };
             let Some(batch) = batch else { break };
+            if batch.queue.deleted.get() {
+                // Its topic was deleted after these were placed: they stay in the log only.
+                self.inner.dispatched.set(batch.end);
+                continue;
+            }
             let was_clean = batch.queue.cq.borrow().unwritten_len() == 0;
             {
                 let mut cq = batch.queue.cq.borrow_mut();
@@ -575,7 +598,8 @@ impl Shard {
     pub(crate) async fn write_indexes(&self, checkpoint: bool) -> Result<(), StoreError> {
         let _writing = self.inner.index_writing.lock().await;
         let upto = self.inner.dispatched.get();
-        let dirty = std::mem::take(&mut *self.inner.dirty.borrow_mut());
+        let mut dirty = std::mem::take(&mut *self.inner.dirty.borrow_mut());
+        dirty.retain(|q| !q.deleted.get());
         for queue in &dirty {
             if let Err(e) = ConsumeQueue::write_pending(&queue.cq).await {
                 // Keep it dirty: the entries stay in memory and readable, and are retried.
@@ -655,13 +679,14 @@ impl Shard {
         offset: u64,
         timeout: Duration,
     ) {
-        let Some(queue) = self.queue(topic, queue_id) else {
+        // A queue not written yet is created, so a poll on it is woken by its first message.
+        let Ok(queue) = self.queue_or_create(topic, queue_id).await else {
             return;
         };
         let deadline = Instant::now() + timeout;
         loop {
             let listener = queue.arrived.listen();
-            if queue.cq.borrow().max_offset() > offset {
+            if queue.cq.borrow().max_offset() > offset || queue.deleted.get() {
                 return;
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -1011,6 +1036,51 @@ impl Shard {
         Ok(())
     }
 
+    /// Deletes the offset indexes of every queue of `topic`; returns the queues deleted. Their
+    /// records stay in the log until retention removes them, but are no longer readable by
+    /// queue offset. The index checkpoint is advanced first, so recovery does not bring back
+    /// what was dispatched before the deletion. (Records placed but not yet dispatched when the
+    /// topic is deleted are skipped now, but a crash before the next checkpoint re-indexes
+    /// them into a queue of the same name.)
+    pub(crate) async fn delete_topic(&self, topic: &[u8]) -> Result<Vec<QueueId>, StoreError> {
+        self.dispatch_readable();
+        self.write_indexes(true).await?;
+        let doomed: Vec<Rc<QueueState>> = {
+            let mut queues = self.inner.queues.borrow_mut();
+            let ids: Vec<QueueId> = queues
+                .keys()
+                .filter(|id| &id.topic[..] == topic)
+                .cloned()
+                .collect();
+            ids.iter().filter_map(|id| queues.remove(id)).collect()
+        };
+        let mut deleted = Vec::with_capacity(doomed.len());
+        for queue in doomed {
+            queue.deleted.set(true);
+            queue.arrived.notify(usize::MAX);
+            let path = self.queue_dir(&queue.id);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("deleting an offset index")(e)),
+            }
+            deleted.push(queue.id.clone());
+        }
+        let topic_dir = self
+            .inner
+            .dir
+            .join("consumequeue")
+            .join(topic_dir_name(topic));
+        if topic_dir.exists() {
+            std::fs::remove_dir_all(&topic_dir)
+                .map_err(StoreError::io("deleting a topic's offset indexes"))?;
+        }
+        sync_dir(&self.inner.dir.join("consumequeue"))
+            .await
+            .map_err(StoreError::io("syncing the offset index directory"))?;
+        Ok(deleted)
+    }
+
     /// Writes and syncs every index, records the checkpoint, and closes the log.
     pub(crate) async fn close(self) -> Result<(), StoreError> {
         self.inner.closed.set(true);
@@ -1029,6 +1099,7 @@ fn new_queue(id: QueueId, cq: ConsumeQueue) -> Rc<QueueState> {
         assigned: Cell::new(cq.max_offset()),
         cq: RefCell::new(cq),
         arrived: Event::new(),
+        deleted: Cell::new(false),
     })
 }
 
