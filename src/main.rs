@@ -1,7 +1,8 @@
-//! `quiver`: the broker's command line. Until the broker exists it carries the engine
-//! benchmark and the storage tools operators need to inspect and test a log directory.
+//! `quiver`: the broker's command line: the servers (standalone, name server, broker), the
+//! benchmarks, and the storage tools operators need to inspect and test a log directory.
 
 mod bench_cmd;
+mod server_cmd;
 mod store_cmd;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A name server and a broker in one process, with embedded defaults (data under
+    /// `./data`): the quickest way to run Quiver.
+    Standalone(server_cmd::StandaloneArgs),
+    /// A name server (default port 9876).
+    Namesrv(server_cmd::NamesrvArgs),
+    /// A broker (default port 10911), registering with its name servers.
+    Broker(server_cmd::BrokerArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -32,6 +40,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Standalone(args) => server_cmd::standalone(args),
+        Command::Namesrv(args) => server_cmd::namesrv(args),
+        Command::Broker(args) => server_cmd::broker(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Store(cmd) => store_cmd::run(cmd),
     }

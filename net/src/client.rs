@@ -115,7 +115,9 @@ impl RemotingClient {
             incoming: Mutex::new(Some(incoming_rx)),
         });
         tokio::spawn(write_loop(write_half, rx));
-        tokio::spawn(read_loop(read_half, Arc::clone(&inner), incoming_tx));
+        // The reader holds the client weakly: when the last handle is dropped, the writer's
+        // channel closes, the connection is shut down, and the reader sees it end.
+        tokio::spawn(read_loop(read_half, Arc::downgrade(&inner), incoming_tx));
         Ok(RemotingClient { inner })
     }
 
@@ -238,11 +240,14 @@ async fn write_loop(
 
 async fn read_loop(
     mut stream: tokio::net::tcp::OwnedReadHalf,
-    inner: Arc<Inner>,
+    weak: std::sync::Weak<Inner>,
     incoming: mpsc::UnboundedSender<RemotingCommand>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     'reading: loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
         loop {
             match inner.codec.decode(&mut buf) {
                 Ok(Some(command)) if command.is_response() => {
@@ -265,6 +270,7 @@ async fn read_loop(
                 }
             }
         }
+        drop(inner);
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
             buf.reserve(READ_CHUNK_BYTES);
         }
@@ -273,6 +279,9 @@ async fn read_loop(
             Ok(_) => {}
         }
     }
+    let Some(inner) = weak.upgrade() else {
+        return;
+    };
     inner.closed.store(true, Ordering::Relaxed);
     // Dropping the waiters tells every caller the connection closed.
     inner

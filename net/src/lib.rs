@@ -3,6 +3,7 @@
 
 #![deny(missing_docs)]
 
+pub mod broker;
 pub mod client;
 pub mod listen;
 pub mod message;

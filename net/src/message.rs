@@ -442,6 +442,149 @@ pub fn decode_batch(body: &Bytes, max_body_bytes: usize) -> Result<Vec<BatchItem
     Ok(items)
 }
 
+/// A message as a client decodes it from a pull, query or view body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedMessage {
+    /// Queue id.
+    pub queue_id: i32,
+    /// The user flag.
+    pub flag: i32,
+    /// Offset in the queue.
+    pub queue_offset: i64,
+    /// Where it is stored (what its offset message id carries).
+    pub physical_offset: i64,
+    /// `MessageSysFlag` bits.
+    pub sys_flag: i32,
+    /// Producer timestamp, ms.
+    pub born_timestamp: i64,
+    /// The producer's address.
+    pub born_host: SocketAddr,
+    /// Store timestamp, ms.
+    pub store_timestamp: i64,
+    /// The broker's address.
+    pub store_host: SocketAddr,
+    /// Times consumed again.
+    pub reconsume_times: i32,
+    /// The body as stored (compressed if the sys flag says so).
+    pub body: Bytes,
+    /// Topic.
+    pub topic: String,
+    /// Properties.
+    pub properties: Properties,
+}
+
+impl DecodedMessage {
+    /// The offset message id (store host and physical offset).
+    pub fn offset_msg_id(&self) -> String {
+        offset_msg_id(self.store_host, self.physical_offset as u64)
+    }
+}
+
+/// Decodes concatenated records as RocketMQ's `MessageDecoder.decodes` does, checking every
+/// length and each body's CRC.
+pub fn decode_messages(bytes: &Bytes) -> Result<Vec<DecodedMessage>, MessageError> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let take = |from: usize, n: usize, what: &'static str| -> Result<&[u8], MessageError> {
+            from.checked_add(n)
+                .and_then(|end| bytes.get(from..end))
+                .ok_or(MessageError::Truncated(what))
+        };
+        let int = |from: usize, what| {
+            take(from, 4, what).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let long = |from: usize, what| {
+            take(from, 8, what).map(|b| i64::from_be_bytes(b.try_into().unwrap_or_default()))
+        };
+        let total = int(at, "total size")?;
+        let total = usize::try_from(total)
+            .ok()
+            .filter(|&t| t >= 4 && at + t <= bytes.len())
+            .ok_or_else(|| MessageError::Invalid(format!("record size {total} at {at}")))?;
+        let end = at + total;
+        let magic = int(at + 4, "magic")?;
+        if magic != MAGIC_V1 && magic != MAGIC_V2 {
+            return Err(MessageError::Invalid(format!("magic {magic:#x} at {at}")));
+        }
+        let body_crc_stored = int(at + 8, "body crc")?;
+        let queue_id = int(at + 12, "queue id")?;
+        let flag = int(at + 16, "flag")?;
+        let queue_offset = long(at + 20, "queue offset")?;
+        let physical_offset = long(at + 28, "physical offset")?;
+        let sys_flag = int(at + 36, "sys flag")?;
+        let born_timestamp = long(at + 40, "born timestamp")?;
+        let mut p = at + 48;
+        let host = |p: &mut usize, v6: bool, what| -> Result<SocketAddr, MessageError> {
+            let n = if v6 { 16 } else { 4 };
+            let ip: IpAddr = if v6 {
+                IpAddr::from(<[u8; 16]>::try_from(take(*p, 16, what)?).unwrap_or_default())
+            } else {
+                IpAddr::from(<[u8; 4]>::try_from(take(*p, 4, what)?).unwrap_or_default())
+            };
+            let port = int(*p + n, what)?;
+            *p += n + 4;
+            Ok(SocketAddr::new(ip, port as u16))
+        };
+        let born_host = host(&mut p, sys_flag & BORNHOST_V6_FLAG != 0, "born host")?;
+        let store_timestamp = long(p, "store timestamp")?;
+        p += 8;
+        let store_host = host(&mut p, sys_flag & STOREHOST_V6_FLAG != 0, "store host")?;
+        let reconsume_times = int(p, "reconsume times")?;
+        p += 4 + 8;
+        let body_len = usize::try_from(int(p, "body length")?)
+            .map_err(|_| MessageError::Invalid("negative body length".into()))?;
+        p += 4;
+        take(p, body_len, "body")?;
+        let body = bytes.slice(p..p + body_len);
+        if body_crc(&body) != body_crc_stored {
+            return Err(MessageError::Invalid(format!("body CRC mismatch at {at}")));
+        }
+        p += body_len;
+        let topic_len = if magic == MAGIC_V1 {
+            let n = take(p, 1, "topic length")?[0] as usize;
+            p += 1;
+            n
+        } else {
+            let b = take(p, 2, "topic length")?;
+            p += 2;
+            u16::from_be_bytes([b[0], b[1]]) as usize
+        };
+        let topic = String::from_utf8(take(p, topic_len, "topic")?.to_vec())
+            .map_err(|_| MessageError::Invalid("topic is not UTF-8".into()))?;
+        p += topic_len;
+        let b = take(p, 2, "properties length")?;
+        let props_len = u16::from_be_bytes([b[0], b[1]]) as usize;
+        p += 2;
+        let props = std::str::from_utf8(take(p, props_len, "properties")?)
+            .map_err(|_| MessageError::Invalid("properties are not UTF-8".into()))?;
+        p += props_len;
+        if p != end {
+            return Err(MessageError::Invalid(format!(
+                "record at {at} says {total} bytes but its fields take {}",
+                p - at
+            )));
+        }
+        out.push(DecodedMessage {
+            queue_id,
+            flag,
+            queue_offset,
+            physical_offset,
+            sys_flag,
+            born_timestamp,
+            born_host,
+            store_timestamp,
+            store_host,
+            reconsume_times,
+            body,
+            topic,
+            properties: Properties::parse(props),
+        });
+        at = end;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +664,19 @@ mod tests {
             offset_msg_id(message.store_host, 0x4000_0000),
             "C0A8011400002A9F0000000040000000"
         );
+        let decoded = decode_messages(&Bytes::from(bytes.clone())).unwrap();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].topic, "TopicTest");
+        assert_eq!(&decoded[0].body[..], b"Hello RocketMQ");
+        assert_eq!(decoded[0].properties.get("TAGS"), Some("TagA"));
+        assert_eq!(
+            decoded[0].offset_msg_id(),
+            "C0A8011400002A9F0000000040000000"
+        );
+        assert_eq!(decoded[0].born_host, message.extras.born_host);
+        for cut in 0..bytes.len() {
+            assert!(decode_messages(&Bytes::from(bytes[..cut].to_vec())).is_ok() == (cut == 0));
+        }
         assert_eq!(
             decode_offset_msg_id("C0A8011400002A9F0000000040000000"),
             Some(("192.168.1.20:10911".parse().unwrap(), 0x4000_0000))

@@ -146,8 +146,10 @@ async fn a_broker_that_stops_registering_expires_and_a_closed_one_leaves_at_once
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(server.live_brokers().is_empty());
+    server.shutdown();
 
-    // A registration dropped with its connection.
+    // A registration dropped with its connection (well within the expiry).
+    let server = start(120_000);
     let other = RemotingClient::connect(server.local_addr()).await.unwrap();
     other
         .invoke(register("broker-b", "10.0.0.2:10911", &[("U", 4)], 1), CALL)

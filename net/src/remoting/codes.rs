@@ -103,6 +103,10 @@ pub mod response {
     pub const QUERY_NOT_FOUND: i32 = 22;
     /// The subscription expression cannot be parsed.
     pub const SUBSCRIPTION_PARSE_FAILED: i32 = 23;
+    /// The group has no subscription to the topic on this broker.
+    pub const SUBSCRIPTION_NOT_EXIST: i32 = 24;
+    /// The client's subscription is newer than the broker's.
+    pub const SUBSCRIPTION_NOT_LATEST: i32 = 25;
     /// The consumer group is not online.
     pub const CONSUMER_NOT_ONLINE: i32 = 206;
 }

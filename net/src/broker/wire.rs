@@ -1,0 +1,131 @@
+//! Stored messages in RocketMQ's record layout: what pulls, queries and views send back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use quiver_engine::Record;
+use quiver_engine::store::types::{MessagePos, TagFilter};
+
+use crate::message::{MessageError, Properties, StoredExtras, WireMessage, property};
+use crate::protocol::heartbeat::SubscriptionData;
+
+/// The extras and properties string of a stored record. Records not written by the broker
+/// (an engine benchmark's, say) get empty extras rather than an error.
+pub(crate) fn extras_of(record: &Record) -> (StoredExtras, Bytes) {
+    let field = record.properties();
+    match StoredExtras::decode(&field) {
+        Ok((extras, props)) => {
+            let start = field.len() - props.len();
+            (extras, field.slice(start..))
+        }
+        Err(_) => (
+            StoredExtras {
+                sys_flag: 0,
+                born_host: SocketAddr::from(([0, 0, 0, 0], 0)),
+                reconsume_times: 0,
+                prepared_transaction_offset: 0,
+                body_crc: crate::message::body_crc(&record.body()),
+            },
+            Bytes::new(),
+        ),
+    }
+}
+
+/// Appends one stored message to `out` as RocketMQ's `MessageDecoder` reads it. Its physical
+/// offset is the store position, which a view-by-id request sends back.
+pub(crate) fn encode_record(
+    record: &Record,
+    pos: MessagePos,
+    queue_offset: u64,
+    store_host: SocketAddr,
+    out: &mut Vec<Bytes>,
+) -> Result<(), MessageError> {
+    let header = record.header();
+    let (extras, properties) = extras_of(record);
+    let topic = record.topic();
+    let message = WireMessage {
+        queue_id: header.queue_id.get() as i32,
+        flag: header.flags.get() as i32,
+        queue_offset: queue_offset as i64,
+        physical_offset: pos.as_u64() as i64,
+        born_timestamp: header.born_timestamp_ms.get() as i64,
+        store_timestamp: header.store_timestamp_ms.get() as i64,
+        store_host,
+        extras,
+        topic: &topic,
+        properties: &properties,
+    };
+    message.encode(record.body(), out)
+}
+
+/// The tags of a stored record.
+pub(crate) fn tags_of(record: &Record) -> Option<String> {
+    let (_, properties) = extras_of(record);
+    let text = std::str::from_utf8(&properties).ok()?;
+    Properties::parse(text)
+        .get(property::TAGS)
+        .map(str::to_string)
+}
+
+/// The engine filter for a tag subscription: hashes from the subscription's code set, then the
+/// tag string itself confirmed on the record (hashes collide). `None` matches everything.
+pub(crate) fn tag_filter(subscription: &SubscriptionData) -> Option<TagFilter> {
+    if subscription.matches_all() {
+        return None;
+    }
+    let tags = subscription.tags_set.clone();
+    Some(TagFilter {
+        hashes: subscription
+            .code_set
+            .iter()
+            .map(|&code| i64::from(code) as u64)
+            .collect(),
+        confirm: Some(Arc::new(move |record: &Record| {
+            tags_of(record).is_some_and(|t| tags.contains(&t))
+        })),
+    })
+}
+
+static UNIQUE_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A message id in the shape of RocketMQ's client ids (`MessageClientIDSetter`): 16 bytes in
+/// upper-case hex, from this host, the process, the time and a counter. For messages sent
+/// without one.
+pub(crate) fn unique_id(host: SocketAddr) -> String {
+    let mut bytes = Vec::with_capacity(16);
+    match host.ip() {
+        std::net::IpAddr::V4(ip) => bytes.extend_from_slice(&ip.octets()),
+        std::net::IpAddr::V6(ip) => bytes.extend_from_slice(&ip.octets()[12..]),
+    }
+    bytes.extend_from_slice(&(std::process::id() as u16).to_be_bytes());
+    bytes.extend_from_slice(&u32::from(host.port()).to_be_bytes());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    bytes.extend_from_slice(&(now as u32).to_be_bytes());
+    let count = UNIQUE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    bytes.extend_from_slice(&(count as u16).to_be_bytes());
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_ids_are_32_hex_digits_and_differ() {
+        let host = SocketAddr::from(([10, 0, 0, 1], 10911));
+        let a = unique_id(host);
+        let b = unique_id(host);
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with("0A000001"));
+    }
+}
