@@ -41,7 +41,8 @@ pub(crate) struct Housekeeper {
 }
 
 impl Housekeeper {
-    /// Starts the thread; the first registration runs at once.
+    /// Starts the thread; the periodic registration starts one interval later (the first one
+    /// is asked for by [`Housekeeper::register_and_wait`]).
     pub(crate) fn start(
         shared: std::sync::Weak<Shared>,
         jobs: mpsc::UnboundedSender<Job>,
@@ -57,6 +58,14 @@ impl Housekeeper {
             jobs,
             thread: std::sync::Mutex::new(Some(thread)),
         })
+    }
+
+    /// Registers with every name server and returns when each has answered or timed out.
+    pub(crate) fn register_and_wait(&self) {
+        let (done, finished) = flume::bounded(1);
+        if self.jobs.send(Job::Register { done: Some(done) }).is_ok() {
+            let _ = finished.recv_timeout(Duration::from_millis(2 * REGISTER_TIMEOUT_MS));
+        }
     }
 
     /// Unregisters, writes the offsets, and joins the thread.
@@ -81,7 +90,9 @@ async fn run(shared: std::sync::Weak<Shared>, mut jobs: mpsc::UnboundedReceiver<
     let config = first.config.clone();
     drop(first);
     let mut namesrvs = NameServers::default();
-    let mut register = tokio::time::interval(Duration::from_millis(config.register_interval_ms));
+    let register_every = Duration::from_millis(config.register_interval_ms);
+    let mut register =
+        tokio::time::interval_at(tokio::time::Instant::now() + register_every, register_every);
     let mut offsets = tokio::time::interval(Duration::from_millis(config.offset_flush_interval_ms));
     let mut clients = tokio::time::interval(Duration::from_millis(CLIENT_SCAN_INTERVAL_MS));
     for timer in [&mut register, &mut offsets, &mut clients] {

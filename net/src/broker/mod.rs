@@ -179,6 +179,9 @@ impl Broker {
             Store::open_with_service(config.data_dir.join("store"), config.store.clone(), service)?;
         let housekeeper = Housekeeper::start(Arc::downgrade(&shared), jobs, jobs_rx)
             .map_err(io("starting the housekeeping thread"))?;
+        // Clients may ask the name servers for routes as soon as `start` returns, so the first
+        // registration is awaited (an unreachable name server only costs its timeout).
+        housekeeper.register_and_wait();
         tracing::info!(%addr, advertised = %shared.broker_addr, "broker listening");
         Ok(Broker {
             addr,
