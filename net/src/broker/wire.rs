@@ -9,7 +9,7 @@ use bytes::Bytes;
 use quiver_engine::Record;
 use quiver_engine::store::types::{MessagePos, TagFilter};
 
-use crate::message::{MessageError, Properties, StoredExtras, WireMessage, property};
+use crate::message::{MessageError, Properties, StoredExtras, WireMessage, property, tag_hash};
 use crate::protocol::heartbeat::SubscriptionData;
 
 /// The extras and properties string of a stored record. Records not written by the broker
@@ -77,12 +77,11 @@ pub(crate) fn tag_filter(subscription: &SubscriptionData) -> Option<TagFilter> {
         return None;
     }
     let tags = subscription.tags_set.clone();
+    // The hashes are computed here from the tags rather than taken from the subscription's
+    // code set: some clients (rocketmq-client-rust 1.0.0) hash the tags before trimming them,
+    // so their code set for "A || B" matches nothing.
     Some(TagFilter {
-        hashes: subscription
-            .code_set
-            .iter()
-            .map(|&code| i64::from(code) as u64)
-            .collect(),
+        hashes: tags.iter().map(|t| tag_hash(Some(t.as_str()))).collect(),
         confirm: Some(Arc::new(move |record: &Record| {
             tags_of(record).is_some_and(|t| tags.contains(&t))
         })),

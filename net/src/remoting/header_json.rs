@@ -83,8 +83,16 @@ pub fn encode(cmd: &RemotingCommand) -> Vec<u8> {
     };
     match serde_json::to_vec(&header) {
         Ok(bytes) => bytes,
-        // Serializing strings and integers cannot fail.
-        Err(e) => unreachable!("JSON header encoding failed: {e}"),
+        // Serializing strings and integers does not fail; should it, the peer still gets the
+        // fields that match the answer to its request.
+        Err(e) => {
+            tracing::error!(error = %e, "JSON header encoding failed");
+            format!(
+                r#"{{"code":{},"flag":{},"language":"OTHER","opaque":{},"serializeTypeCurrentRPC":"JSON","version":{}}}"#,
+                cmd.code, cmd.flag, cmd.opaque, cmd.version
+            )
+            .into_bytes()
+        }
     }
 }
 
