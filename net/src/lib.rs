@@ -5,6 +5,8 @@
 
 pub mod broker;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod listen;
 pub mod message;
 pub mod namesrv;
