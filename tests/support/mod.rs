@@ -1,0 +1,140 @@
+//! Starting real `quiver` processes for end-to-end tests: a standalone name server + broker in
+//! a temporary directory, on ports the kernel picks, read back from the process's output.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `quiver standalone`.
+pub struct Standalone {
+    child: Child,
+    /// Where the name server listens.
+    pub namesrv: SocketAddr,
+    /// Where the broker listens (and what it advertises).
+    pub broker: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    config: PathBuf,
+}
+
+/// Settings for a test process: small segments, loopback, and `extra` TOML lines for the
+/// `[broker]` table (before its `[broker.store]` sub-tables).
+pub fn write_config(
+    dir: &Path,
+    namesrv_port: u16,
+    broker_port: u16,
+    flush: &str,
+    extra: &str,
+) -> PathBuf {
+    let path = dir.join("quiver.toml");
+    let text = format!(
+        "[namesrv]\nlisten = \"127.0.0.1:{namesrv_port}\"\n\
+         [broker]\nlisten = \"127.0.0.1:{broker_port}\"\nvip_channel = false\nbroker_ip = \"127.0.0.1\"\n{extra}\n\
+         [broker.store]\nshards = 2\npin_threads = false\ncq_file_entries = 4096\n\
+         [broker.store.log]\nflush = \"{flush}\"\nsegment_bytes = 16777216\n"
+    );
+    std::fs::write(&path, text).expect("writing the test config");
+    path
+}
+
+impl Standalone {
+    /// Starts `quiver standalone` with `config`, data under `data_dir`, and waits for `ready`.
+    pub fn start(config: &Path, data_dir: &Path) -> Standalone {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .arg("standalone")
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning quiver");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut namesrv, mut broker) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.expect("reading quiver's output");
+            if let Some(rest) = line.strip_prefix("namesrv listening on ") {
+                namesrv = rest.parse().ok();
+            } else if let Some(rest) = line.strip_prefix("broker listening on ") {
+                broker = rest.split(' ').next().and_then(|a| a.parse().ok());
+            } else if line == "ready" {
+                break;
+            }
+        }
+        // Keep draining so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Standalone {
+            child,
+            namesrv: namesrv.expect("quiver printed no name server address"),
+            broker: broker.expect("quiver printed no broker address"),
+            data_dir: data_dir.to_path_buf(),
+            config: config.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL: no chance to flush or write anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the clean exit; panics if it was not clean.
+    pub fn stop(mut self) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(30));
+        assert!(status.success(), "quiver exited with {status}");
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for quiver") {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "quiver did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768–60999), so that no
+/// outgoing connection can take a port while its process is down for a restart.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port free right now, for a process that must be restarted on the same port.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each test binary starts at a different place, and each call moves on, so that concurrent
+    // tests do not try the same port.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let seed = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = TEST_PORTS.start + (seed + step) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}");
+}
