@@ -107,7 +107,7 @@ pub(crate) fn unique_id(host: SocketAddr) -> String {
     bytes.extend_from_slice(&(now as u32).to_be_bytes());
     let count = UNIQUE_COUNTER.fetch_add(1, Ordering::Relaxed);
     bytes.extend_from_slice(&(count as u16).to_be_bytes());
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
+    crate::message::upper_hex(&bytes)
 }
 
 #[cfg(test)]
