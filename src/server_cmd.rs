@@ -194,4 +194,35 @@ mod tests {
         let err = toml::from_str::<StandaloneConfig>("[broker]\nbogus = 1\n").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
+
+    /// Every key path of a TOML tree, as `section.sub.key`.
+    fn key_paths(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(table) = value {
+            for (key, child) in table {
+                let path = format!("{prefix}{key}");
+                out.push(path.clone());
+                key_paths(child, &format!("{path}."), out);
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_file_names_every_setting_at_its_default() {
+        let text = include_str!("../quiver.example.toml");
+        let example: StandaloneConfig = toml::from_str(text).unwrap();
+        assert_eq!(example, StandaloneConfig::default());
+        let (mut documented, mut defaults) = (Vec::new(), Vec::new());
+        key_paths(&toml::from_str(text).unwrap(), "", &mut documented);
+        key_paths(
+            &toml::Value::try_from(StandaloneConfig::default()).unwrap(),
+            "",
+            &mut defaults,
+        );
+        documented.sort();
+        defaults.sort();
+        assert_eq!(
+            documented, defaults,
+            "settings missing from quiver.example.toml"
+        );
+    }
 }
