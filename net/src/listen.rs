@@ -1,6 +1,6 @@
 //! Listening sockets, made with the options a server needs before `listen`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Connections waiting to be accepted per listener.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -21,6 +21,19 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tcp
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
+}
+
+/// The address the kernel would send from to reach a non-local network (found without sending
+/// anything: a UDP "connect" only picks a route), or 127.0.0.1 when there is none. Brokers
+/// advertise it and clients put it in their ids, as RocketMQ's `getLocalAddress` does.
+pub fn first_non_loopback_ipv4() -> IpAddr {
+    let found = || -> Option<IpAddr> {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        socket.connect((Ipv4Addr::new(10, 254, 254, 254), 9)).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+    };
+    found().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! `MessageExtBrokerInner.java`, `UtilAll.java`. Everything on the wire is big-endian.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -595,6 +597,28 @@ pub fn decode_messages(bytes: &Bytes) -> Result<Vec<DecodedMessage>, MessageErro
         at = end;
     }
     Ok(out)
+}
+
+static UNIQUE_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A message id in the shape of RocketMQ's client ids (`MessageClientIDSetter`): 16 bytes in
+/// upper-case hex, from this host, the process, the time and a counter. Producers set it as
+/// `UNIQ_KEY`; the broker gives one to messages sent without.
+pub fn unique_id(host: SocketAddr) -> String {
+    let mut bytes = Vec::with_capacity(16);
+    match host.ip() {
+        std::net::IpAddr::V4(ip) => bytes.extend_from_slice(&ip.octets()),
+        std::net::IpAddr::V6(ip) => bytes.extend_from_slice(&ip.octets()[12..]),
+    }
+    bytes.extend_from_slice(&(std::process::id() as u16).to_be_bytes());
+    bytes.extend_from_slice(&u32::from(host.port()).to_be_bytes());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    bytes.extend_from_slice(&(now as u32).to_be_bytes());
+    let count = UNIQUE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    bytes.extend_from_slice(&(count as u16).to_be_bytes());
+    upper_hex(&bytes)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Broker settings: one typed struct, every field defaulted, loadable from TOML with the store's
 //! settings under `[store]` (and `[store.log]`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use quiver_engine::{ConfigError, StoreConfig};
@@ -210,17 +210,8 @@ impl BrokerConfig {
         if !self.listen.ip().is_unspecified() {
             return self.listen.ip();
         }
-        local_ipv4().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        crate::listen::first_non_loopback_ipv4()
     }
-}
-
-/// The address the kernel would send from to reach a non-local network, found without sending
-/// anything (a UDP "connect" only picks a route).
-fn local_ipv4() -> Option<IpAddr> {
-    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-    socket.connect((Ipv4Addr::new(10, 254, 254, 254), 9)).ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
 }
 
 #[cfg(test)]
@@ -236,7 +227,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.port(), 20911);
         assert_eq!(config.store.log.flush, quiver_engine::FlushMode::Sync);
-        assert_eq!(config.advertised_ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            config.advertised_ip(),
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        );
         let err = BrokerConfig::from_toml("namesrv_addrs = [\"nohost\"]").unwrap_err();
         assert!(err.to_string().contains("namesrv_addrs"), "{err}");
         let err = BrokerConfig::from_toml("max_message_bytes = 100000000").unwrap_err();

@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quiver_engine::Record;
@@ -88,27 +86,7 @@ pub(crate) fn tag_filter(subscription: &SubscriptionData) -> Option<TagFilter> {
     })
 }
 
-static UNIQUE_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A message id in the shape of RocketMQ's client ids (`MessageClientIDSetter`): 16 bytes in
-/// upper-case hex, from this host, the process, the time and a counter. For messages sent
-/// without one.
-pub(crate) fn unique_id(host: SocketAddr) -> String {
-    let mut bytes = Vec::with_capacity(16);
-    match host.ip() {
-        std::net::IpAddr::V4(ip) => bytes.extend_from_slice(&ip.octets()),
-        std::net::IpAddr::V6(ip) => bytes.extend_from_slice(&ip.octets()[12..]),
-    }
-    bytes.extend_from_slice(&(std::process::id() as u16).to_be_bytes());
-    bytes.extend_from_slice(&u32::from(host.port()).to_be_bytes());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    bytes.extend_from_slice(&(now as u32).to_be_bytes());
-    let count = UNIQUE_COUNTER.fetch_add(1, Ordering::Relaxed);
-    bytes.extend_from_slice(&(count as u16).to_be_bytes());
-    crate::message::upper_hex(&bytes)
-}
+pub(crate) use crate::message::unique_id;
 
 #[cfg(test)]
 mod tests {

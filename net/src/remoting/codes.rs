@@ -85,6 +85,10 @@ pub mod response {
     pub const REQUEST_CODE_NOT_SUPPORTED: i32 = 3;
     /// Durable write timed out.
     pub const FLUSH_DISK_TIMEOUT: i32 = 10;
+    /// Stored on the master, but no slave is available.
+    pub const SLAVE_NOT_AVAILABLE: i32 = 11;
+    /// Stored on the master, but the slave did not confirm in time.
+    pub const FLUSH_SLAVE_TIMEOUT: i32 = 12;
     /// The message is unacceptable (size, topic, properties).
     pub const MESSAGE_ILLEGAL: i32 = 13;
     /// The service cannot take the request now (disk full, shutting down).
