@@ -190,6 +190,16 @@ impl RemotingClient {
             .map_err(|_| ClientError::Closed(self.inner.addr))
     }
 
+    /// Answers a request the server sent (from [`RemotingClient::server_requests`]); the
+    /// response carries the request's opaque.
+    pub fn respond(&self, response: RemotingCommand) -> Result<(), ClientError> {
+        let frame = self.inner.codec.encode(&response)?;
+        self.inner
+            .tx
+            .send(frame)
+            .map_err(|_| ClientError::Closed(self.inner.addr))
+    }
+
     /// Writes raw bytes on the connection, for tests of how a server meets malformed frames.
     pub fn send_raw(&self, bytes: Bytes) -> Result<(), ClientError> {
         self.inner
