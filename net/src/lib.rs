@@ -3,6 +3,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod broker;
 pub mod client;
 #[doc(hidden)]

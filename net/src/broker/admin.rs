@@ -1,21 +1,44 @@
 //! Admin commands: create, update and delete topics; dump topics and offsets; consumption
-//! statistics of a group.
+//! statistics of a group; a topic's queue statistics; the broker's runtime figures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use quiver_engine::FlushMode;
 use quiver_engine::store::types::ReadOutcome;
 
 use super::service::{BrokerService, Processed, Refusal};
+use crate::admin::bodies::{KvTable, TopicOffset, encode_topic_stats};
 use crate::protocol::bodies::{MessageQueue, OffsetWrapper, encode_consume_stats};
 use crate::protocol::encode_json;
 use crate::protocol::route::{
     AUTO_CREATE_TOPIC_KEY, PERM_INHERIT, PERM_READ, PERM_WRITE, TopicConfig, topic_name_error,
 };
 use crate::remoting::RemotingCommand;
-use crate::remoting::codes::response;
+use crate::remoting::codes::{QUIVER_PROTOCOL_VERSION, response};
 
 /// Most queues a topic may have.
 pub const TOPIC_QUEUES_MAX: i32 = 1024;
+
+/// The name of [`QUIVER_PROTOCOL_VERSION`] (`MQVersion.Version`), as admin tools show it.
+const PROTOCOL_VERSION_DESC: &str = "V4_9_4";
+
+fn epoch_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An uptime as RocketMQ's `StoreStatsService` writes it.
+fn runtime_text(up: Duration) -> String {
+    let s = up.as_secs();
+    format!(
+        "[ {} days, {} hours, {} minutes, {} seconds ]",
+        s / 86_400,
+        s / 3_600 % 24,
+        s / 60 % 60,
+        s % 60
+    )
+}
 
 impl BrokerService {
     /// `UPDATE_AND_CREATE_TOPIC`: answered once the name servers have the new route, so a
@@ -171,5 +194,147 @@ impl BrokerService {
         }
         Ok(RemotingCommand::response_to(req, response::SUCCESS)
             .with_body(encode_consume_stats(&table, 0.0)))
+    }
+}
+
+impl BrokerService {
+    /// `GET_TOPIC_STATS_INFO`: for each queue of a topic, its lowest and next offset and when
+    /// its newest message was stored (what `mqadmin topicStatus` shows).
+    pub(crate) async fn topic_stats(&self, req: &RemotingCommand) -> Processed {
+        let topic = req.required("topic")?;
+        let Some(config) = self.shared.topics.get(topic) else {
+            return Err(Refusal::new(
+                response::TOPIC_NOT_EXIST,
+                format!("topic[{topic}] not exist"),
+            ));
+        };
+        let mut table = BTreeMap::new();
+        for queue_id in 0..config.queue_count() {
+            let q = queue_id as u32;
+            let (min, max) = self
+                .shards
+                .offsets(topic.as_bytes(), q)
+                .await?
+                .map_or((0, 0), |o| (o.min, o.max));
+            let mut last_update_timestamp = 0;
+            if max > min
+                && let ReadOutcome::Found { messages, .. } = self
+                    .shards
+                    .read(topic.as_bytes(), q, max - 1, 1, 1, None)
+                    .await?
+                && let Some(last) = messages.first()
+            {
+                last_update_timestamp = last.record.header().store_timestamp_ms.get() as i64;
+            }
+            table.insert(
+                MessageQueue {
+                    broker_name: self.shared.config.broker_name.clone(),
+                    queue_id,
+                    topic: topic.to_string(),
+                },
+                TopicOffset {
+                    min_offset: min as i64,
+                    max_offset: max as i64,
+                    last_update_timestamp,
+                },
+            );
+        }
+        Ok(RemotingCommand::response_to(req, response::SUCCESS)
+            .with_body(encode_topic_stats(&table)))
+    }
+
+    /// `GET_BROKER_RUNTIME_INFO`: what this broker knows of itself, as RocketMQ's `KVTable`.
+    /// RocketMQ's key names where the figure is the same; Quiver's own names for what only it
+    /// has. Rates RocketMQ reports (put and get TPS, daily totals) are left out: the broker
+    /// does not count them.
+    pub(crate) async fn runtime_info(&self, req: &RemotingCommand) -> Processed {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let mut table = BTreeMap::new();
+        let mut put = |key: &str, value: String| {
+            table.insert(key.to_string(), value);
+        };
+        put("brokerVersionDesc", PROTOCOL_VERSION_DESC.into());
+        put("brokerVersion", QUIVER_PROTOCOL_VERSION.to_string());
+        put("quiverVersion", env!("CARGO_PKG_VERSION").into());
+        put("brokerName", config.broker_name.clone());
+        put("clusterName", config.cluster_name.clone());
+        put("brokerId", config.broker_id.to_string());
+        put("brokerAddr", shared.broker_addr.clone());
+        put("bootTimestamp", epoch_ms(self.booted).to_string());
+        let up = SystemTime::now()
+            .duration_since(self.booted)
+            .unwrap_or_default();
+        put("runtime", runtime_text(up));
+        put(
+            "flushDiskType",
+            match config.store.log.flush {
+                FlushMode::Sync => "SYNC_FLUSH",
+                FlushMode::Async => "ASYNC_FLUSH",
+            }
+            .into(),
+        );
+        let store = self.shards.store();
+        put("storeShards", store.shard_count().to_string());
+        put(
+            "topicCount",
+            shared
+                .topics
+                .snapshot()
+                .topic_config_table
+                .len()
+                .to_string(),
+        );
+        let groups: BTreeSet<String> = shared
+            .offsets
+            .snapshot()
+            .offset_table
+            .keys()
+            .filter_map(|k| k.split_once('@').map(|(_, group)| group.to_string()))
+            .collect();
+        put("consumerOffsetGroups", groups.len().to_string());
+        let queues = store.queues();
+        put("queueCount", queues.len().to_string());
+        let (mut held, mut written, mut earliest) = (0u64, 0u64, None::<u64>);
+        for queue in &queues {
+            let Some(offsets) = self.shards.offsets(&queue.topic, queue.queue_id).await? else {
+                continue;
+            };
+            written += offsets.max;
+            held += offsets.max.saturating_sub(offsets.min);
+            if offsets.max > offsets.min
+                && let ReadOutcome::Found { messages, .. } = self
+                    .shards
+                    .read(&queue.topic, queue.queue_id, offsets.min, 1, 1, None)
+                    .await?
+                && let Some(first) = messages.first()
+            {
+                let stored = first.record.header().store_timestamp_ms.get();
+                earliest = Some(earliest.map_or(stored, |e: u64| e.min(stored)));
+            }
+        }
+        put("storeMessagesHeld", held.to_string());
+        put("storeMessagesWritten", written.to_string());
+        if let Some(earliest) = earliest {
+            put("earliestMessageTimeStamp", earliest.to_string());
+        }
+        Ok(RemotingCommand::response_to(req, response::SUCCESS)
+            .with_body(encode_json(&KvTable { table })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_reads_as_rocketmq_writes_it_and_the_version_name_matches() {
+        assert_eq!(
+            runtime_text(Duration::from_secs(2 * 86_400 + 3 * 3_600 + 4 * 60 + 5)),
+            "[ 2 days, 3 hours, 4 minutes, 5 seconds ]"
+        );
+        // MQVersion.Version.V4_9_4.ordinal()
+        assert_eq!(QUIVER_PROTOCOL_VERSION, 401);
+        assert_eq!(PROTOCOL_VERSION_DESC, "V4_9_4");
     }
 }

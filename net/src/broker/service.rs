@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use quiver_engine::LogError;
 use quiver_engine::store::LocalShards;
@@ -18,6 +19,8 @@ use crate::server::{Connection, Service};
 pub(crate) struct BrokerService {
     pub(crate) shared: Arc<Shared>,
     pub(crate) shards: LocalShards,
+    /// When this thread's front started serving: the broker's boot time, for runtime figures.
+    pub(crate) booted: SystemTime,
 }
 
 /// A processor's failure, answered with its code and remark.
@@ -63,7 +66,11 @@ pub(crate) type Processed = Result<RemotingCommand, Refusal>;
 
 impl BrokerService {
     pub(crate) fn new(shared: Arc<Shared>, shards: LocalShards) -> BrokerService {
-        BrokerService { shared, shards }
+        BrokerService {
+            shared,
+            shards,
+            booted: SystemTime::now(),
+        }
     }
 }
 
@@ -96,6 +103,8 @@ impl Service for BrokerService {
             request::GET_ALL_TOPIC_CONFIG => self.all_topic_config(&req),
             request::GET_ALL_CONSUMER_OFFSET => self.all_consumer_offsets(&req),
             request::GET_CONSUME_STATS => self.consume_stats(&req).await,
+            request::GET_TOPIC_STATS_INFO => self.topic_stats(&req).await,
+            request::GET_BROKER_RUNTIME_INFO => self.runtime_info(&req).await,
             code => Ok(crate::not_supported(&req, code)),
         };
         Some(processed.unwrap_or_else(|refusal| {

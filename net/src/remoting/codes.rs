@@ -55,6 +55,8 @@ pub mod request {
     pub const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
     /// Clusters and their brokers.
     pub const GET_BROKER_CLUSTER_INFO: i32 = 106;
+    /// Each queue of a topic on a broker: lowest and next offset, newest store time.
+    pub const GET_TOPIC_STATS_INFO: i32 = 202;
     /// Every topic a name server knows.
     pub const GET_ALL_TOPIC_LIST_FROM_NAMESERVER: i32 = 206;
     /// A group's consumption progress per queue.
