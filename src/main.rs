@@ -1,6 +1,7 @@
 //! `quiver`: the broker's command line: the servers (standalone, name server, broker), the
 //! benchmarks, and the storage tools operators need to inspect and test a log directory.
 
+mod admin_cmd;
 mod bench_cmd;
 mod server_cmd;
 mod store_cmd;
@@ -30,6 +31,9 @@ enum Command {
     /// Tools for a commit log directory.
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
+    /// Operate a running cluster: topics, consumer groups, messages, brokers.
+    #[command(subcommand)]
+    Admin(admin_cmd::AdminCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Broker(args) => server_cmd::broker(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Store(cmd) => store_cmd::run(cmd),
+        Command::Admin(cmd) => admin_cmd::run(cmd),
     }
 }
