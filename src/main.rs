@@ -3,6 +3,8 @@
 
 mod admin_cmd;
 mod bench_cmd;
+mod consume_cmd;
+mod produce_cmd;
 mod server_cmd;
 mod store_cmd;
 
@@ -34,6 +36,11 @@ enum Command {
     /// Operate a running cluster: topics, consumer groups, messages, brokers.
     #[command(subcommand)]
     Admin(admin_cmd::AdminCommand),
+    /// Send messages: from arguments, a file or stdin, or made up (`--count`, `--size`,
+    /// `--rate`) to load a broker.
+    Produce(produce_cmd::ProduceArgs),
+    /// Read a topic: print each message, or count them (`--quiet`).
+    Consume(consume_cmd::ConsumeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Store(cmd) => store_cmd::run(cmd),
         Command::Admin(cmd) => admin_cmd::run(cmd),
+        Command::Produce(args) => produce_cmd::run(args),
+        Command::Consume(args) => consume_cmd::run(args),
     }
 }

@@ -499,7 +499,10 @@ async fn every_broadcasting_member_receives_every_message() {
             .await;
         let got = inbox.snapshot();
         assert!(got.values().all(|&n| n == 1), "{got:?}");
-        assert!(!got.contains_key("b-first"), "sent before the member started");
+        assert!(
+            !got.contains_key("b-first"),
+            "sent before the member started"
+        );
     }
     for member in &members {
         assert_eq!(member.assigned_queues().len(), 4);

@@ -3,7 +3,7 @@
 //! scripts; errors say what was wrong and what to do about it.
 
 mod output;
-mod time;
+pub(crate) mod time;
 
 use std::io::Write;
 use std::time::Duration;
