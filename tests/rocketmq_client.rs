@@ -632,3 +632,134 @@ async fn messages_are_found_by_key_and_by_message_id() {
     host.shutdown().await;
     quiver.stop();
 }
+
+/// Quiver's own client on one side of the wire, `rocketmq-client-rust` on the other: what
+/// Quiver's producer sends, its push consumer receives with tags and keys intact; what its
+/// producer sends, Quiver's push consumer receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_client_and_rocketmq_client_read_each_other() {
+    use quiver_net::client::consumer::{ConsumeResult, PushConsumer, PushConsumerConfig};
+    use quiver_net::client::producer::{Producer, ProducerConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (quiver, _) = start_quiver(dir.path(), "async");
+    let namesrv = quiver.namesrv.to_string();
+    let host = ClientHost::new("interop");
+
+    // Quiver producer -> rocketmq-client-rust push consumer.
+    let ours = Producer::start(ProducerConfig::new(
+        "interop-quiver-producer",
+        quiver_net::client::ClientConfig::new(&namesrv),
+    ))
+    .await
+    .unwrap();
+    let topic_a = "interop-from-quiver";
+    let mut sent_a = BTreeSet::new();
+    for i in 0..20 {
+        let text = format!("q2r-{i}");
+        ours.send(
+            quiver_net::client::message::Message::new(topic_a, text.clone())
+                .with_tags(if i % 2 == 0 { "even" } else { "odd" })
+                .with_keys([format!("key-{i}")]),
+        )
+        .await
+        .unwrap();
+        sent_a.insert(text);
+    }
+    let theirs_got = Arc::new(Received::default());
+    let tags_seen: Arc<Mutex<BTreeMap<String, (String, String)>>> = Arc::default();
+    struct WithTags(
+        Arc<Received>,
+        Arc<Mutex<BTreeMap<String, (String, String)>>>,
+    );
+    impl MessageListenerConcurrently for WithTags {
+        fn consume_message(
+            &self,
+            msgs: &[&MessageExt],
+            _context: &ConsumeConcurrentlyContext,
+        ) -> ClientResult<ConsumeConcurrentlyStatus> {
+            for m in msgs {
+                let tags = m.tags().map(|t| t.to_string()).unwrap_or_default();
+                let keys = m.keys().map(|k| k.join(" ")).unwrap_or_default();
+                self.1.lock().unwrap().insert(body_of(m), (tags, keys));
+            }
+            self.0.add(msgs.iter().map(|m| body_of(m)));
+            Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+        }
+    }
+    let mut consumer = push_consumer(&host, &namesrv, "interop-rmq-group", "interop-rmq");
+    consumer.subscribe(topic_a, "*").await.unwrap();
+    consumer.register_message_listener_concurrently(WithTags(
+        Arc::clone(&theirs_got),
+        Arc::clone(&tags_seen),
+    ));
+    consumer.start().await.unwrap();
+    theirs_got
+        .wait_until("rocketmq-client-rust to get Quiver's messages", |got| {
+            sent_a.iter().all(|s| got.contains_key(s))
+        })
+        .await;
+    let seen = tags_seen.lock().unwrap().clone();
+    assert_eq!(seen["q2r-4"], ("even".to_string(), "key-4".to_string()));
+    assert_eq!(seen["q2r-7"], ("odd".to_string(), "key-7".to_string()));
+    consumer.shutdown().await;
+
+    // rocketmq-client-rust producer -> Quiver push consumer.
+    let topic_b = "interop-from-rocketmq";
+    let mut theirs = producer(&host, &namesrv, "interop-rmq-producer").await;
+    theirs
+        .send(message(topic_b, "t", &[], "r2q-first"))
+        .await
+        .unwrap();
+    let mut config = PushConsumerConfig::new(
+        "interop-quiver-group",
+        quiver_net::client::ClientConfig::new(&namesrv),
+    );
+    config.long_poll_suspend = Duration::from_secs(2);
+    let ours_consumer = PushConsumer::new(config).unwrap();
+    ours_consumer.subscribe(topic_b, "t").unwrap();
+    let ours_got = Arc::new(Received::default());
+    let sink = Arc::clone(&ours_got);
+    ours_consumer
+        .start_concurrently(move |messages, _| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.add(
+                    messages
+                        .iter()
+                        .map(|m| String::from_utf8_lossy(&m.body).into_owned()),
+                );
+                ConsumeResult::Success
+            }
+        })
+        .await
+        .unwrap();
+    let mut sent_b: BTreeSet<String> = ["r2q-first".to_string()].into();
+    for i in 0..20 {
+        let tag = if i % 4 == 0 { "other" } else { "t" };
+        theirs
+            .send(message(topic_b, tag, &[], &format!("r2q-{i}")))
+            .await
+            .unwrap();
+        if tag == "t" {
+            sent_b.insert(format!("r2q-{i}"));
+        }
+    }
+    ours_got
+        .wait_until(
+            "Quiver's consumer to get rocketmq-client-rust's messages",
+            |got| sent_b.iter().all(|s| got.contains_key(s)),
+        )
+        .await;
+    let got = ours_got.snapshot();
+    assert_eq!(
+        got.keys().cloned().collect::<BTreeSet<_>>(),
+        sent_b,
+        "tag filter"
+    );
+    ours_consumer.shutdown().await;
+    theirs.shutdown().await;
+    ours.shutdown().await;
+    host.shutdown().await;
+    quiver.stop();
+}
