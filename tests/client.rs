@@ -249,6 +249,8 @@ async fn members_joining_and_leaving_lose_nothing_and_end_with_one_owner_per_que
     let sender = keep_sending(producer.clone(), topic, 0, Arc::clone(&stop));
 
     let mut members = Vec::new();
+    // Milliseconds from each join or leave until every queue had one owner again.
+    let mut settle_ms = Vec::new();
     for _ in 0..3 {
         let consumer = member(&quiver, group, MessageModel::Clustering, dir.path());
         consumer.subscribe(topic, "*").unwrap();
@@ -265,22 +267,26 @@ async fn members_joining_and_leaving_lose_nothing_and_end_with_one_owner_per_que
             .unwrap();
         members.push(consumer);
         let joined: Vec<&PushConsumer> = members.iter().collect();
+        let began = std::time::Instant::now();
         eventually(
             &format!("{} members sharing the queues", joined.len()),
             || one_owner_each(&joined, &all),
         )
         .await;
+        settle_ms.push(began.elapsed().as_millis());
         grows_by(&received, 50).await;
     }
     // Members leave, one after the other, while sending goes on.
     for _ in 0..2 {
         let leaving = members.remove(0);
+        let began = std::time::Instant::now();
         leaving.shutdown().await;
         let left: Vec<&PushConsumer> = members.iter().collect();
         eventually("the rest taking the queues over", || {
             one_owner_each(&left, &all)
         })
         .await;
+        settle_ms.push(began.elapsed().as_millis());
         grows_by(&received, 50).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -299,7 +305,7 @@ async fn members_joining_and_leaving_lose_nothing_and_end_with_one_owner_per_que
     );
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     println!(
-        "rebalance: {} acknowledged, {} delivered, {duplicates} duplicates",
+        "rebalance: {} acknowledged, {} delivered, {duplicates} duplicates; settled in {settle_ms:?} ms",
         acked.len(),
         got.values().sum::<usize>()
     );
