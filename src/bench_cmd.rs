@@ -16,6 +16,12 @@ pub enum BenchCommand {
     /// and number of concurrent appenders; prints records/s, MB/s, latency and the ratio to
     /// the disk's raw bandwidth.
     Engine(EngineArgs),
+    /// Load a broker with sends; report msg/s, MB/s and send-to-ack latency.
+    Produce(crate::load_cmd::LoadArgs),
+    /// Fill a topic, then read it back as fast as the consumers can; report msg/s and MB/s.
+    Consume(crate::load_cmd::LoadArgs),
+    /// Produce and consume at once; report both sides and store-to-delivery latency.
+    E2e(crate::load_cmd::LoadArgs),
 }
 
 #[derive(Args)]
@@ -69,6 +75,9 @@ pub struct EngineArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => engine(args),
+        BenchCommand::Produce(args) => crate::load_cmd::run(crate::load_cmd::Kind::Produce, args),
+        BenchCommand::Consume(args) => crate::load_cmd::run(crate::load_cmd::Kind::Consume, args),
+        BenchCommand::E2e(args) => crate::load_cmd::run(crate::load_cmd::Kind::E2e, args),
     }
 }
 

@@ -4,6 +4,7 @@
 mod admin_cmd;
 mod bench_cmd;
 mod consume_cmd;
+mod load_cmd;
 mod produce_cmd;
 mod server_cmd;
 mod store_cmd;

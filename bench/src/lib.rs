@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod fio;
+pub mod load;
 pub mod probe;
 
 /// A fresh directory for a benchmark's data, under `BENCH_DIR` (default `./data/criterion`).
