@@ -57,6 +57,9 @@ pub struct LoadArgs {
     /// Messages to send instead (the duration is then a limit).
     #[arg(long)]
     count: Option<u64>,
+    /// `consume`: read what `--topic` already holds instead of filling it first.
+    #[arg(long)]
+    no_fill: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -186,12 +189,20 @@ pub fn run(kind: Kind, args: LoadArgs) -> anyhow::Result<()> {
                 })
             }
             Kind::Consume => {
-                // Fill the topic first (unmeasured), then read it all back.
-                load::prepare_topic(&workload).await?;
-                let start = load::queue_positions(&workload, true).await?;
-                let filled = load::produce(&workload).await?;
+                // Fill the topic first (unmeasured) unless told it is full, then read it back.
+                let (start, expected) = if args.no_fill {
+                    let start = load::queue_positions(&workload, false).await?;
+                    let end = load::queue_positions(&workload, true).await?;
+                    let held: i64 = end.iter().map(|(_, o)| o).sum::<i64>()
+                        - start.iter().map(|(_, o)| o).sum::<i64>();
+                    (start, held.max(0) as u64)
+                } else {
+                    load::prepare_topic(&workload).await?;
+                    let start = load::queue_positions(&workload, true).await?;
+                    (start, load::produce(&workload).await?.messages)
+                };
                 let deadline = Instant::now() + Duration::from_secs(120);
-                let expected = Arc::new(AtomicU64::new(filled.messages));
+                let expected = Arc::new(AtomicU64::new(expected));
                 anyhow::Ok(LoadReport {
                     produce: None,
                     consume: Some(load::consume(&workload, start, expected, deadline).await?),
