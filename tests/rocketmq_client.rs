@@ -9,12 +9,17 @@
 #![recursion_limit = "256"]
 
 mod support;
+// Shared with tests/client.rs, which also uses its `eventually`.
+#[allow(dead_code)]
+#[path = "support/received.rs"]
+mod received;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use received::Received;
 use rocketmq_client_rust::{
     ClientConfig, ClientResult, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext,
     ConsumeConcurrentlyStatus, ConsumeOrderlyContext, ConsumeOrderlyStatus,
@@ -115,47 +120,6 @@ fn message(topic: &str, tag: &str, keys: &[&str], body: &str) -> Message {
 
 fn body_of(m: &MessageExt) -> String {
     String::from_utf8_lossy(m.body().as_deref().unwrap_or_default()).into_owned()
-}
-
-/// Bodies received, counted, with a wake-up for whoever waits on them.
-#[derive(Default)]
-struct Received {
-    counts: Mutex<BTreeMap<String, usize>>,
-    changed: Notify,
-}
-
-impl Received {
-    fn add(&self, bodies: impl IntoIterator<Item = String>) {
-        let mut counts = self.counts.lock().unwrap();
-        for body in bodies {
-            *counts.entry(body).or_default() += 1;
-        }
-        drop(counts);
-        self.changed.notify_waiters();
-    }
-
-    fn snapshot(&self) -> BTreeMap<String, usize> {
-        self.counts.lock().unwrap().clone()
-    }
-
-    /// Waits until `done` holds for what was received.
-    async fn wait_until(&self, what: &str, done: impl Fn(&BTreeMap<String, usize>) -> bool) {
-        let waiting = async {
-            loop {
-                let notified = self.changed.notified();
-                if done(&self.snapshot()) {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        if tokio::time::timeout(DEADLINE, waiting).await.is_err() {
-            panic!(
-                "timed out waiting for {what}; received {:?}",
-                self.snapshot()
-            );
-        }
-    }
 }
 
 struct Collect(Arc<Received>);

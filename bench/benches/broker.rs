@@ -66,8 +66,9 @@ fn start(flush: FlushMode) -> Cluster {
     }
 }
 
-fn send_one(queue_id: i64, body: &Bytes) -> RemotingCommand {
-    RemotingCommand::request(request::SEND_MESSAGE_V2)
+/// A send header (SendMessageRequestHeaderV2's short names) for a queue of the bench topic.
+fn send_header(code: i32, queue_id: i64) -> RemotingCommand {
+    RemotingCommand::request(code)
         .with_field("a", "bench-producer")
         .with_field("b", TOPIC)
         .with_field("c", "TBW102")
@@ -79,7 +80,10 @@ fn send_one(queue_id: i64, body: &Bytes) -> RemotingCommand {
         .with_field("i", "")
         .with_field("j", 0)
         .with_field("k", false)
-        .with_body(body.clone())
+}
+
+fn send_one(queue_id: i64, body: &Bytes) -> RemotingCommand {
+    send_header(request::SEND_MESSAGE_V2, queue_id).with_body(body.clone())
 }
 
 /// A SEND_BATCH_MESSAGE body: each message as MessageDecoder.encodeMessages writes it.
@@ -98,18 +102,7 @@ fn batch_body(body: &Bytes) -> Bytes {
 }
 
 fn send_batch(queue_id: i64, body: &Bytes) -> RemotingCommand {
-    RemotingCommand::request(request::SEND_BATCH_MESSAGE)
-        .with_field("a", "bench-producer")
-        .with_field("b", TOPIC)
-        .with_field("c", "TBW102")
-        .with_field("d", QUEUES)
-        .with_field("e", queue_id)
-        .with_field("f", 0)
-        .with_field("g", 1_700_000_000_000i64)
-        .with_field("h", 0)
-        .with_field("i", "")
-        .with_field("j", 0)
-        .with_field("k", false)
+    send_header(request::SEND_BATCH_MESSAGE, queue_id)
         .with_field("m", true)
         .with_body(body.clone())
 }

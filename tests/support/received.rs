@@ -14,7 +14,8 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct Received {
     counts: Mutex<BTreeMap<String, usize>>,
-    changed: Notify,
+    /// Notified after every delivery, for tests that wait on several inboxes at once.
+    pub changed: Notify,
 }
 
 impl Received {

@@ -78,10 +78,7 @@ impl Message {
 
     /// The keys.
     pub fn keys(&self) -> Vec<&str> {
-        self.properties
-            .get(property::KEYS)
-            .map(|k| k.split(' ').filter(|k| !k.is_empty()).collect())
-            .unwrap_or_default()
+        split_keys(&self.properties)
     }
 
     /// Checks what a broker would refuse, before sending.
@@ -133,6 +130,14 @@ pub struct SendResult {
     pub queue_offset: i64,
 }
 
+/// The `KEYS` property's keys (RocketMQ joins them with spaces).
+fn split_keys(properties: &Properties) -> Vec<&str> {
+    properties
+        .get(property::KEYS)
+        .map(|k| k.split(' ').filter(|k| !k.is_empty()).collect())
+        .unwrap_or_default()
+}
+
 /// Encodes messages as `SEND_BATCH_MESSAGE` carries them (`MessageDecoder.encodeMessages`).
 pub(crate) fn encode_batch(messages: &[Message]) -> Result<Bytes, String> {
     if messages.is_empty() {
@@ -173,10 +178,7 @@ impl DecodedMessage {
 
     /// The keys it can be queried by.
     pub fn keys(&self) -> Vec<&str> {
-        self.properties
-            .get(property::KEYS)
-            .map(|k| k.split(' ').filter(|k| !k.is_empty()).collect())
-            .unwrap_or_default()
+        split_keys(&self.properties)
     }
 
     /// The producer's message id (`UNIQ_KEY`), or the broker's id when the producer set none.

@@ -581,15 +581,7 @@ impl Inner {
     /// Asks each broker to lock these queues for this member; returns those granted.
     async fn lock(self: &Arc<Self>, queues: &[MessageQueue]) -> BTreeSet<MessageQueue> {
         let mut granted = BTreeSet::new();
-        for (addr, mq_set) in self.by_broker(queues) {
-            let body = LockBatchRequestBody {
-                client_id: self.instance.client_id.clone(),
-                consumer_group: self.config.group.clone(),
-                mq_set,
-                only_this_broker: false,
-            };
-            let ask =
-                RemotingCommand::request(request::LOCK_BATCH_MQ).with_body(encode_json(&body));
+        for (addr, ask) in self.lock_requests(request::LOCK_BATCH_MQ, queues) {
             match self.instance.invoke_ok(&addr, "queue locks", ask).await {
                 Ok(answer) => {
                     match decode_json::<LockBatchResponseBody>("lock answer", &answer.body_bytes())
@@ -605,19 +597,30 @@ impl Inner {
     }
 
     async fn unlock(self: &Arc<Self>, queues: &[MessageQueue]) {
-        for (addr, mq_set) in self.by_broker(queues) {
-            let body = LockBatchRequestBody {
-                client_id: self.instance.client_id.clone(),
-                consumer_group: self.config.group.clone(),
-                mq_set,
-                only_this_broker: false,
-            };
-            let ask =
-                RemotingCommand::request(request::UNLOCK_BATCH_MQ).with_body(encode_json(&body));
+        for (addr, ask) in self.lock_requests(request::UNLOCK_BATCH_MQ, queues) {
             if let Err(e) = self.instance.invoke_ok(&addr, "queue unlocks", ask).await {
                 tracing::debug!(broker = %addr, error = %e, "unlocking queues failed");
             }
         }
+    }
+
+    /// One `LOCK_BATCH_MQ` or `UNLOCK_BATCH_MQ` per broker holding some of the queues.
+    fn lock_requests(&self, code: i32, queues: &[MessageQueue]) -> Vec<(String, RemotingCommand)> {
+        self.by_broker(queues)
+            .into_iter()
+            .map(|(addr, mq_set)| {
+                let body = LockBatchRequestBody {
+                    client_id: self.instance.client_id.clone(),
+                    consumer_group: self.config.group.clone(),
+                    mq_set,
+                    only_this_broker: false,
+                };
+                (
+                    addr,
+                    RemotingCommand::request(code).with_body(encode_json(&body)),
+                )
+            })
+            .collect()
     }
 
     fn by_broker(&self, queues: &[MessageQueue]) -> BTreeMap<String, BTreeSet<MessageQueue>> {
