@@ -87,9 +87,12 @@ impl Instance {
         Ok(instance)
     }
 
-    /// Keeps a task to stop at shutdown.
+    /// Keeps a task to stop at shutdown (forgetting those already finished, so a long-lived
+    /// client that keeps starting tasks does not keep their handles).
     pub(crate) fn spawn(&self, task: JoinHandle<()>) {
-        lock(&self.tasks).push(task);
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {

@@ -731,7 +731,9 @@ fn dispatch(
         let weak = Arc::downgrade(inner);
         let permits = Arc::clone(&inner.permits);
         let retry_delay = inner.config.retry_delay;
-        inner.instance.spawn(tokio::spawn(async move {
+        // Not kept by the instance: a handler call ends on its own, and shutdown waits for
+        // the running ones through the permits.
+        tokio::spawn(async move {
             loop {
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     return;
@@ -758,7 +760,7 @@ fn dispatch(
                 }
                 tokio::time::sleep(retry_delay).await;
             }
-        }));
+        });
     }
 }
 
