@@ -4,7 +4,10 @@ use bytes::Bytes;
 
 use super::topics::RouteBroker;
 use super::{Admin, AdminError, MessageView, answer_field};
+use crate::client::consumer::{PullRequest, pull_request};
 use crate::message::{decode_messages, decode_offset_msg_id};
+use crate::protocol::bodies::MessageQueue;
+use crate::protocol::heartbeat::{SUBSCRIBE_ALL, SubscriptionData};
 use crate::remoting::RemotingCommand;
 use crate::remoting::codes::{request, response};
 
@@ -14,10 +17,6 @@ pub const TOOLS_CONSUMER_GROUP: &str = "TOOLS_CONSUMER";
 
 /// Results a query by unique id asks each broker for (RocketMQ's `defaultQueryMaxNum`).
 const UNIQUE_QUERY_MAX: i32 = 32;
-
-/// `PullSysFlag.FLAG_SUBSCRIPTION`: the pull carries its subscription (so no heartbeat is
-/// needed) and commits nothing.
-const PULL_FLAG_SUBSCRIPTION: i32 = 0x4;
 
 fn decode_views(
     server: &str,
@@ -202,17 +201,21 @@ impl Admin {
             return Err(AdminError::Invalid(format!("offset {offset} is negative")));
         }
         let addr = &chosen.broker.addr;
-        let ask = RemotingCommand::request(request::PULL_MESSAGE)
-            .with_field("consumerGroup", TOOLS_CONSUMER_GROUP)
-            .with_field("topic", topic)
-            .with_field("queueId", queue_id)
-            .with_field("queueOffset", offset)
-            .with_field("maxMsgNums", 1)
-            .with_field("sysFlag", PULL_FLAG_SUBSCRIPTION)
-            .with_field("commitOffset", 0)
-            .with_field("suspendTimeoutMillis", 0)
-            .with_field("subscription", "*")
-            .with_field("subVersion", 0);
+        let queue = MessageQueue {
+            topic: topic.to_string(),
+            broker_name: chosen.broker.broker_name.clone(),
+            queue_id,
+        };
+        let every_tag = SubscriptionData::from_expression(topic, SUBSCRIBE_ALL, 0);
+        let ask = pull_request(&PullRequest {
+            group: TOOLS_CONSUMER_GROUP,
+            queue: &queue,
+            offset,
+            max_messages: 1,
+            subscription: &every_tag,
+            suspend: None,
+            commit_offset: None,
+        });
         let answer = self.ask_broker(addr, ask).await?;
         let missing = |answer: &RemotingCommand| -> Result<AdminError, AdminError> {
             let min: i64 = answer_field(addr, WHAT, answer, "minOffset")?;

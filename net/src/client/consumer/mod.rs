@@ -84,6 +84,33 @@ pub(crate) struct PullRequest<'a> {
     pub commit_offset: Option<i64>,
 }
 
+/// The `PULL_MESSAGE` request for a pull (the subscription always travels with it, so the
+/// broker needs no heartbeat of the group); shared with the admin client's lookups.
+pub(crate) fn pull_request(pull: &PullRequest<'_>) -> RemotingCommand {
+    let mut sys_flag = FLAG_SUBSCRIPTION;
+    if pull.suspend.is_some() {
+        sys_flag |= FLAG_SUSPEND;
+    }
+    if pull.commit_offset.is_some() {
+        sys_flag |= FLAG_COMMIT_OFFSET;
+    }
+    RemotingCommand::request(request::PULL_MESSAGE)
+        .with_field("consumerGroup", pull.group)
+        .with_field("topic", &pull.queue.topic)
+        .with_field("queueId", pull.queue.queue_id)
+        .with_field("queueOffset", pull.offset)
+        .with_field("maxMsgNums", pull.max_messages)
+        .with_field("sysFlag", sys_flag)
+        .with_field("commitOffset", pull.commit_offset.unwrap_or(0))
+        .with_field(
+            "suspendTimeoutMillis",
+            pull.suspend.unwrap_or_default().as_millis() as u64,
+        )
+        .with_field("subscription", &pull.subscription.sub_string)
+        .with_field("subVersion", pull.subscription.sub_version)
+        .with_field("expressionType", "TAG")
+}
+
 /// Pulls messages from a queue; the answer's messages are filtered by tag here as well, since
 /// the broker filters by tag hash.
 pub(crate) async fn pull_queue(
@@ -93,26 +120,8 @@ pub(crate) async fn pull_queue(
     let addr = instance
         .master_addr(&pull.queue.broker_name)
         .ok_or_else(|| MqError::NoRoute(pull.queue.topic.clone()))?;
-    let mut sys_flag = FLAG_SUBSCRIPTION;
-    if pull.suspend.is_some() {
-        sys_flag |= FLAG_SUSPEND;
-    }
-    if pull.commit_offset.is_some() {
-        sys_flag |= FLAG_COMMIT_OFFSET;
-    }
     let suspend = pull.suspend.unwrap_or_default();
-    let ask = RemotingCommand::request(request::PULL_MESSAGE)
-        .with_field("consumerGroup", pull.group)
-        .with_field("topic", &pull.queue.topic)
-        .with_field("queueId", pull.queue.queue_id)
-        .with_field("queueOffset", pull.offset)
-        .with_field("maxMsgNums", pull.max_messages)
-        .with_field("sysFlag", sys_flag)
-        .with_field("commitOffset", pull.commit_offset.unwrap_or(0))
-        .with_field("suspendTimeoutMillis", suspend.as_millis() as u64)
-        .with_field("subscription", &pull.subscription.sub_string)
-        .with_field("subVersion", pull.subscription.sub_version)
-        .with_field("expressionType", "TAG");
+    let ask = pull_request(&pull);
     let client = instance.connection(&addr).await?;
     let timeout = instance.config.request_timeout + suspend + LONG_POLL_MARGIN;
     let answer = client.invoke(ask, timeout).await?;
