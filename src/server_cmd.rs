@@ -113,12 +113,7 @@ fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
         config.data_dir = dir.clone();
     }
     if let Some(list) = &args.namesrv {
-        config.namesrv_addrs = list
-            .split([';', ','])
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(str::to_string)
-            .collect();
+        config.namesrv_addrs = quiver_net::admin::parse_addr_list(list);
     }
     Ok(config)
 }

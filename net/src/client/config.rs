@@ -33,12 +33,7 @@ impl ClientConfig {
     /// Settings for the given name servers (`host:port`, separated by `;` or `,`).
     pub fn new(namesrv: &str) -> ClientConfig {
         ClientConfig {
-            namesrv_addrs: namesrv
-                .split([';', ','])
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .map(str::to_string)
-                .collect(),
+            namesrv_addrs: crate::admin::parse_addr_list(namesrv),
             instance_name: format!(
                 "{}#{}",
                 std::process::id(),
