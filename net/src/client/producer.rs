@@ -154,6 +154,8 @@ impl Producer {
     where
         F: FnOnce(&[MessageQueue], &Message) -> usize,
     {
+        let mut message = message;
+        self.inner.prepare(&mut message)?;
         let info = self.inner.publish_info(&message.topic).await?;
         let index = selector(&info.queues, &message) % info.queues.len().max(1);
         let queue = info
@@ -178,9 +180,10 @@ impl Producer {
     /// Sends to a given queue.
     pub async fn send_to_queue(
         &self,
-        message: Message,
+        mut message: Message,
         queue: &MessageQueue,
     ) -> Result<SendResult, MqError> {
+        self.inner.prepare(&mut message)?;
         // Learns the route, and with it the broker's address.
         self.inner.publish_info(&message.topic).await?;
         self.inner
@@ -256,6 +259,8 @@ impl Inner {
             .cloned()
     }
 
+    /// Checks what a broker would refuse and gives the message its unique id (once: a retry
+    /// keeps it). Every send path calls it before the first try.
     fn prepare(&self, message: &mut Message) -> Result<(), MqError> {
         message
             .validate(self.config.max_message_bytes)
@@ -387,15 +392,14 @@ impl Inner {
             .with_field("k", false)
     }
 
+    /// Sends a message [`Inner::prepare`] has checked and given its id.
     async fn send_to(
         &self,
-        mut message: Message,
+        message: Message,
         queue: &MessageQueue,
         mode: Mode,
     ) -> Result<Option<SendResult>, MqError> {
-        if message.properties.get(property::UNIQ_KEY).is_none() {
-            self.prepare(&mut message)?;
-        }
+        debug_assert!(message.properties.get(property::UNIQ_KEY).is_some());
         let msg_id = message
             .properties
             .get(property::UNIQ_KEY)
@@ -458,5 +462,27 @@ impl Inner {
             },
             queue_offset: queue_offset.unwrap_or(-1),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_send_path_checks_the_message_first_even_with_its_own_id() {
+        // No name server listens here: a message refused before sending never gets that far.
+        let client = ClientConfig::new("127.0.0.1:1");
+        let producer = Producer::start(ProducerConfig::new("p", client))
+            .await
+            .unwrap();
+        let empty = || Message::new("t", "").with_property(property::UNIQ_KEY, "mine");
+        let queue = MessageQueue::default();
+        let refused = |r: Result<SendResult, MqError>| matches!(r, Err(MqError::InvalidMessage(_)));
+        assert!(refused(producer.send(empty()).await));
+        assert!(refused(producer.send_ordered(empty(), "k").await));
+        assert!(refused(producer.send_to_queue(empty(), &queue).await));
+        assert!(refused(producer.send_batch(vec![empty()]).await));
+        producer.inner.instance.shutdown();
     }
 }
