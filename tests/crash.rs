@@ -3,7 +3,7 @@
 //! count (sometimes before the first, i.e. during recovery), reopens the log, and checks what
 //! survived. Sync mode: every acknowledged record, intact. Async mode: only a suffix of the
 //! acknowledged records may be lost, and no more bytes than the documented bound
-//! (`write_buffer_bytes`). In both: nothing past the recovered end is served, and every record
+//! (`write_buffer_bytes` plus the one record a write ended inside). In both: nothing past the recovered end is served, and every record
 //! the log holds is an intact probe record.
 
 use std::collections::BTreeMap;
@@ -18,10 +18,14 @@ use quiver_engine::{CommitLog, LogConfig, ReadError};
 const ROUNDS: u64 = 24;
 const MAX_BODY: usize = 3000;
 const WRITE_BUFFER_BYTES: u64 = 64 * 1024;
+const MAX_RECORD_BYTES: u64 = 8192;
+/// What async mode may lose to a crash: the unwritten buffer, plus the record the last
+/// completed write ended inside (its head is on disk, its tail is not, so recovery drops it).
+const ASYNC_LOSS_BOUND_BYTES: u64 = WRITE_BUFFER_BYTES + MAX_RECORD_BYTES;
 
 fn config_toml(flush: &str, io: &str) -> String {
     format!(
-        "flush = \"{flush}\"\nio = \"{io}\"\nsegment_bytes = 262144\nmax_record_bytes = 8192\n\
+        "flush = \"{flush}\"\nio = \"{io}\"\nsegment_bytes = 262144\nmax_record_bytes = {MAX_RECORD_BYTES}\n\
          write_buffer_bytes = {WRITE_BUFFER_BYTES}\nflush_interval_ms = 50\nread_cache_bytes = 0\n"
     )
 }
@@ -248,8 +252,8 @@ fn only_a_bounded_suffix_lost(run: u64, verified: &Verified) {
     }
     let lost_bytes: u64 = verified.lost.iter().map(|a| a.len).sum();
     assert!(
-        lost_bytes <= WRITE_BUFFER_BYTES,
-        "run {run}: lost {lost_bytes} acknowledged bytes, bound is {WRITE_BUFFER_BYTES}"
+        lost_bytes <= ASYNC_LOSS_BOUND_BYTES,
+        "run {run}: lost {lost_bytes} acknowledged bytes, bound is {ASYNC_LOSS_BOUND_BYTES}"
     );
 }
 

@@ -68,7 +68,9 @@ pub struct LogConfig {
     /// With `flush_interval_ms` this bounds what a power failure can lose.
     pub flush_bytes: u64,
     /// Most bytes appended but not yet written out. An append waits for room beyond this.
-    /// In async mode it bounds what a process crash can lose. Default 16 MiB.
+    /// In async mode it bounds what a process crash can lose: at most this many bytes of
+    /// acknowledged records, plus the one record a write was cut through (a write may end
+    /// mid-record, and a half-written record is truncated on recovery). Default 16 MiB.
     pub write_buffer_bytes: u64,
     /// Recently written bytes kept in memory so reads of fresh data need no I/O. Default 32 MiB.
     pub read_cache_bytes: u64,
