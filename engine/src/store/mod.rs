@@ -5,6 +5,10 @@
 //! to that thread over a bounded channel (one hand-off per call, a whole batch included);
 //! the answer comes back through a oneshot. A full channel makes the caller wait (or, for the
 //! `_or_busy` calls, fail with [`StoreError::Busy`]): memory never grows without bound.
+//! Appends made on a shard thread ([`LocalShards::append`]) for another thread's shard are
+//! gathered: every append made runnable by one wake-up (the frames of one socket read, say)
+//! crosses in one hand-off, so a busy connection does not pay a channel operation and a wake-up
+//! of the other thread per message.
 //!
 //! A queue belongs to the shard that first stored it, for good: shards record the queues they
 //! own as their offset-index directories, and the routing table is rebuilt from them at open.
@@ -114,6 +118,8 @@ enum Request {
         service: ThreadService,
         thread: usize,
     },
+    /// Requests gathered on one thread for this one, each served as if sent alone.
+    Gathered(Vec<Request>),
     Shutdown {
         reply: Reply<()>,
     },
@@ -134,6 +140,21 @@ pub struct LocalShards {
     store: Store,
     thread: usize,
     stopping: Rc<(std::cell::Cell<bool>, event_listener::Event)>,
+    outbox: Rc<Outbox>,
+}
+
+/// Requests for other threads gathered on this one, by destination thread, until the task
+/// that sends them runs.
+struct Outbox {
+    pending: std::cell::RefCell<Vec<Vec<Request>>>,
+}
+
+impl Outbox {
+    fn new(threads: usize) -> Outbox {
+        Outbox {
+            pending: std::cell::RefCell::new((0..threads).map(|_| Vec::new()).collect()),
+        }
+    }
 }
 
 impl LocalShards {
@@ -167,16 +188,58 @@ impl LocalShards {
         self.shards.get(&shard).map(|s| (shard, s))
     }
 
-    /// [`Store::append`], without a hand-off when the queue's shard is on this thread.
+    /// [`Store::append`], without a hand-off when the queue's shard is on this thread, and
+    /// gathered with the other appends of this wake-up when it is not.
     pub async fn append(
         &self,
         topic: &[u8],
         queue_id: u32,
         messages: Vec<Message>,
     ) -> Result<Vec<Appended>, StoreError> {
-        match self.local(&QueueId::new(topic, queue_id), true) {
-            Some((_, shard)) => shard.append(topic, queue_id, &messages).await,
-            None => self.store.append(topic, queue_id, messages).await,
+        let queue = QueueId::new(topic, queue_id);
+        let shard = self.store.route_or_place(&queue);
+        if let Some(local) = self.shards.get(&shard) {
+            return local.append(topic, queue_id, &messages).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.gather(
+            shard,
+            Request::Append {
+                shard,
+                topic: queue.topic,
+                queue_id,
+                messages,
+                reply,
+            },
+        );
+        answer.await.map_err(|_| StoreError::Shutdown)?
+    }
+
+    /// Queues `request` for the thread of `shard`. The first request queued for a thread
+    /// spawns the task that sends them all; it runs after the tasks already runnable, so
+    /// everything they queue meanwhile crosses with it. Requests keep their order. A full
+    /// channel makes that task wait, as it would the callers; if the thread is gone, the
+    /// replies are dropped and the callers see [`StoreError::Shutdown`].
+    fn gather(&self, shard: u16, request: Request) {
+        let thread = usize::from(shard) % self.store.inner.workers.len();
+        let first = {
+            let mut pending = self.outbox.pending.borrow_mut();
+            pending[thread].push(request);
+            pending[thread].len() == 1
+        };
+        if first {
+            let outbox = Rc::clone(&self.outbox);
+            let tx = self.store.inner.workers[thread].tx.clone();
+            compio::runtime::spawn(async move {
+                let gathered = std::mem::take(&mut outbox.pending.borrow_mut()[thread]);
+                debug_assert!(!gathered.is_empty());
+                let request = match <[Request; 1]>::try_from(gathered) {
+                    Ok([one]) => one,
+                    Err(many) => Request::Gathered(many),
+                };
+                let _ = tx.send_async(request).await;
+            })
+            .detach();
         }
     }
 
@@ -777,11 +840,17 @@ fn run_thread(
                 }) => {
                     let local = LocalShards {
                         shards: Rc::clone(&shards),
+                        outbox: Rc::new(Outbox::new(store.inner.workers.len())),
                         store,
                         thread,
                         stopping: Rc::clone(&stopping),
                     };
                     compio::runtime::spawn(service(local)).detach();
+                }
+                Ok(Request::Gathered(requests)) => {
+                    for request in requests {
+                        compio::runtime::spawn(serve(Rc::clone(&shards), request)).detach();
+                    }
                 }
                 Ok(request) => {
                     compio::runtime::spawn(serve(Rc::clone(&shards), request)).detach();
@@ -937,6 +1006,9 @@ async fn serve(shards: Rc<HashMap<u16, Shard>>, request: Request) {
         }
         Request::StartService { .. } => {
             tracing::error!("a thread service reached the request handler");
+        }
+        Request::Gathered(_) => {
+            tracing::error!("gathered requests reached the request handler unopened");
         }
     }
 }
