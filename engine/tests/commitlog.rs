@@ -248,8 +248,6 @@ fn damage(dir: &Path, pos: u64, f: impl FnOnce(&mut [u8])) {
 #[compio::test]
 async fn a_torn_tail_is_truncated_and_its_stale_records_never_return() {
     let dir = tempfile::tempdir().unwrap();
-    // Buffered writes change only the bytes of the record written, so the stale record after
-    // it survives on disk (a direct write zeroes the rest of its last page).
     let config = small_config(FlushMode::Sync, IoMode::Buffered);
     let (log, _) = CommitLog::open(dir.path(), config.clone()).await.unwrap();
     let placed = append_n(&log, 0, 10).await;
@@ -257,6 +255,12 @@ async fn a_torn_tail_is_truncated_and_its_stale_records_never_return() {
 
     // Tear record 6: records 7..9 after it stay intact on disk.
     let torn = placed[6].1;
+    let stale_record_7 = {
+        let (start, end) = (placed[7].1, placed[8].1);
+        let bytes = std::fs::read(segment_path(dir.path(), start - start % SMALL_SEGMENT)).unwrap();
+        let at = (start % SMALL_SEGMENT) as usize;
+        bytes[at..at + (end - start) as usize].to_vec()
+    };
     damage(dir.path(), torn + 30, |b| b[0] ^= 0x40);
     // Make recovery scan from the start, as after a crash before the first checkpoint.
     std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
@@ -272,13 +276,18 @@ async fn a_torn_tail_is_truncated_and_its_stale_records_never_return() {
     }
     assert_all_readable(&log, &placed[..6]).await;
 
-    // A new writer overwrites record 6 with one of the same length: record 7 on disk is then
-    // a valid record at its own position, but of the old generation.
+    // A new writer overwrites record 6 with one of the same length. Its write zeroes the rest
+    // of the page, but a crash can leave old bytes after the new tail all the same (a page
+    // write torn at sector granularity, an old page past the zeroed one): put record 7 back.
+    // It is then a valid record at its own position, but of the old generation.
     let b = body(6);
     let keys = b"6";
     let replaced = log.append(&record(6, &b, keys)).await.unwrap();
     assert_eq!(replaced.pos, torn);
     log.close().await.unwrap();
+    damage(dir.path(), placed[7].1, |b| {
+        b[..stale_record_7.len()].copy_from_slice(&stale_record_7)
+    });
     std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
     let (log, report) = CommitLog::open(dir.path(), config).await.unwrap();
     assert_eq!(report.end, placed[7].1, "{report}");

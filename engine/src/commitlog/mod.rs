@@ -43,6 +43,13 @@ pub use scanner::LogScanner;
 /// so two writes never cover the same page at the same time.
 pub const WRITES_IN_FLIGHT_MAX: usize = 4;
 
+/// Async mode: while a write is in flight, the next one waits until at least this many bytes
+/// are unwritten (or a flush is wanted). Under a stream of small appends this turns a write
+/// per few records into one per this many bytes; the kernel's cost is per write (buffered
+/// writes run on io_uring's worker threads), and the bytes are in memory for readers
+/// meanwhile. Sync mode writes at once: its acknowledgements wait for the write.
+pub const ASYNC_WRITE_COALESCE_BYTES: u64 = 128 << 10;
+
 /// Flushes kept in flight at once. A flush covers every write completed before it was
 /// issued, whatever order flushes complete in; concurrent flushes are merged by the kernel
 /// and device, so overlapping them raises the rate of group commits.

@@ -15,12 +15,12 @@ use compio::fs::File;
 use compio::io::AsyncWriteAtExt;
 
 use super::{
-    CHECKPOINT_INTERVAL_MS, FLUSHES_IN_FLIGHT_MAX, InFlightWrite, Inner, State,
-    WRITES_IN_FLIGHT_MAX,
+    ASYNC_WRITE_COALESCE_BYTES, CHECKPOINT_INTERVAL_MS, FLUSHES_IN_FLIGHT_MAX, InFlightWrite,
+    Inner, State, WRITES_IN_FLIGHT_MAX,
 };
 use crate::checkpoint::{Checkpoint, SlotFile};
 use crate::chunk::WriteBuf;
-use crate::config::{FlushMode, IoMode, PAGE_BYTES};
+use crate::config::{FlushMode, PAGE_BYTES};
 use crate::error::LogError;
 use crate::segment::{self, Pace, open_segment, prepare_segment, segment_name};
 
@@ -82,6 +82,9 @@ impl Inner {
                 return;
             }
             while st.writes.len() < WRITES_IN_FLIGHT_MAX && st.submitted < st.tail {
+                if self.should_coalesce(&st) {
+                    break;
+                }
                 match self.plan_write(&mut st) {
                     Some(write) => writes.push(write),
                     None => break,
@@ -115,33 +118,45 @@ impl Inner {
         self.ensure_prepared(false);
     }
 
+    /// Async mode: whether the unwritten bytes should wait for more to join them (see
+    /// [`ASYNC_WRITE_COALESCE_BYTES`]). Never when nothing is in flight (its completion is
+    /// what would release them), when a flush is wanted, or when appenders wait for room.
+    fn should_coalesce(&self, st: &State) -> bool {
+        self.config.flush == FlushMode::Async
+            && !st.writes.is_empty()
+            && st.flush_wanted_upto <= st.flush_issued_upto
+            && !st.closed
+            && st.tail - st.submitted
+                < ASYNC_WRITE_COALESCE_BYTES.min(self.config.write_buffer_bytes / 2)
+    }
+
     /// The next write, if one may go now.
     fn plan_write(&self, st: &mut State) -> Option<PlannedWrite> {
         let start = st.submitted;
         let chunk_bytes = self.chunk_bytes as u64;
         let chunk_base = start - start % chunk_bytes;
         let mut end = st.tail.min(chunk_base + chunk_bytes);
-        let (io_start, io_end) = match self.io {
-            IoMode::Direct => {
-                let io_start = align_down(start);
-                let mut others_in_flight = false;
-                for write in st.writes.iter().filter(|w| !w.done) {
-                    if write.io_end > io_start {
-                        // The partial page is still being written by an earlier write.
-                        return None;
-                    }
-                    others_in_flight = true;
-                }
-                if others_in_flight {
-                    end = align_down(end);
-                    if end <= start {
-                        return None;
-                    }
-                }
-                (io_start, align_up(end))
+        // Whole pages in every mode: O_DIRECT needs them, and a buffered write that ends
+        // inside a page the cache does not hold makes the kernel read that page from disk
+        // first (the segment was pre-written), a synchronous read on an io_uring worker for
+        // every write. The unfilled end of the last page is written as zeros and rewritten,
+        // with the bytes that follow, by the next write.
+        let io_start = align_down(start);
+        let mut others_in_flight = false;
+        for write in st.writes.iter().filter(|w| !w.done) {
+            if write.io_end > io_start {
+                // The partial page is still being written by an earlier write.
+                return None;
             }
-            IoMode::Buffered | IoMode::Auto => (start, end),
-        };
+            others_in_flight = true;
+        }
+        if others_in_flight {
+            end = align_down(end);
+            if end <= start {
+                return None;
+            }
+        }
+        let io_end = align_up(end);
         debug_assert!(start < end && end <= st.tail);
         let seg_base = self.segment_base(start);
         let file = match st.segments.get(&seg_base) {
