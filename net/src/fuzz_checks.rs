@@ -61,6 +61,81 @@ fn decode_all(codec: &FrameCodec, chunks: &[&[u8]]) -> Decoded {
     (out, None)
 }
 
+/// JSON header decoder against serde_json: any text serde_json reads as a header (an object
+/// whose `code` is an `i32`, no known field given twice, and `extFields`, if any, an object of
+/// strings) decodes to the same code, opaque, flag, version, remark and fields (the last of a
+/// repeated name winning). Ours also refuses a header that is not UTF-8 throughout (JSON text
+/// must be), where serde_json skips unknown fields unchecked, and an array in place of the
+/// object. Whatever decodes re-encodes to JSON that serde_json reads back to
+/// the same fields.
+pub fn json_header_decoder(data: &[u8]) {
+    use crate::remoting::header_json;
+    use std::collections::BTreeMap;
+
+    /// The header as the serde-derived decoder this one replaced read it.
+    #[derive(serde::Deserialize)]
+    struct Strict {
+        code: i32,
+        #[serde(rename = "extFields", default)]
+        ext_fields: Option<BTreeMap<String, String>>,
+        #[serde(default)]
+        flag: i32,
+        #[serde(default)]
+        opaque: i32,
+        #[serde(default)]
+        version: i32,
+        #[serde(default)]
+        remark: Option<String>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        language: Option<String>,
+    }
+
+    let ours = header_json::decode(data);
+    // serde also reads a struct from an array of its fields; a header is an object.
+    let object = std::str::from_utf8(data).is_ok_and(|t| t.trim_start().starts_with('{'));
+    if let (true, Ok(strict)) = (object, serde_json::from_slice::<Strict>(data)) {
+        let cmd = ours
+            .as_ref()
+            .unwrap_or_else(|e| panic!("serde_json reads this header, ours refused: {e}"));
+        assert_eq!(
+            (cmd.code, cmd.opaque, cmd.flag, cmd.version),
+            (strict.code, strict.opaque, strict.flag, strict.version)
+        );
+        assert_eq!(cmd.remark, strict.remark);
+        // The map keeps the last of a repeated name and sorts by name, as ours does.
+        let theirs: Vec<(String, String)> =
+            strict.ext_fields.unwrap_or_default().into_iter().collect();
+        let ours: Vec<(String, String)> = cmd
+            .ext_fields
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(ours, theirs, "fields differ from serde_json's");
+    }
+    if let Ok(cmd) = ours {
+        let text = header_json::encode(&cmd);
+        let again: serde_json::Value = serde_json::from_slice(&text)
+            .unwrap_or_else(|e| panic!("our encoding is not JSON ({e}): {text:?}"));
+        let back = header_json::decode(&text)
+            .unwrap_or_else(|e| panic!("our encoding does not decode ({e}): {text:?}"));
+        assert_eq!(back, cmd, "re-encoding changed the header");
+        let fields = again
+            .get("extFields")
+            .and_then(serde_json::Value::as_object);
+        for (name, value) in cmd.ext_fields.iter() {
+            let theirs = fields
+                .and_then(|f| f.get(name))
+                .and_then(serde_json::Value::as_str);
+            assert_eq!(
+                theirs,
+                Some(value),
+                "serde_json reads field {name:?} otherwise"
+            );
+        }
+    }
+}
+
 /// Batch decoder: any body splits into messages or is refused without panicking; what is
 /// accepted re-encodes to the same bytes and respects the body limit.
 pub fn batch_decoder(data: &[u8]) {

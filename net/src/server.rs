@@ -316,7 +316,7 @@ fn refuse_frame(connection: &Connection, error: &FrameError) {
             opaque: sender.opaque,
             flag: FLAG_RESPONSE,
             remark: Some(error.to_string()),
-            ext_fields: Vec::new(),
+            ext_fields: Default::default(),
             body: Vec::new(),
             serialize_type: sender.serialize_type,
         };

@@ -367,7 +367,7 @@ async fn tag_subscriptions_filter_and_offsets_answer_every_case() {
         .unwrap();
     assert_eq!(answer.code, response::SYSTEM_ERROR);
     let mut sql = pull("tagged", 0, 0, SUB, 0, "a > 1");
-    sql.ext_fields.retain(|(k, _)| k != "expressionType");
+    sql.ext_fields.retain(|k, _| k != "expressionType");
     let answer = client
         .invoke(sql.with_field("expressionType", "SQL92"), CALL)
         .await
@@ -386,7 +386,7 @@ async fn tag_subscriptions_filter_and_offsets_answer_every_case() {
             .with_field("topic", "tagged")
             .with_field("queueId", 0);
         for (k, v) in fields {
-            req = req.with_field(*k, *v);
+            req = req.with_field(k, *v);
         }
         req
     };
@@ -485,7 +485,7 @@ async fn groups_learn_members_from_heartbeats_and_are_told_of_changes() {
     assert_eq!(messages(&answer).len(), 1);
     // A pull naming a newer subscription than the broker has is told so.
     let mut newer = pull("news", 0, 0, 0, 0, "");
-    newer.ext_fields.retain(|(k, _)| k != "subVersion");
+    newer.ext_fields.retain(|k, _| k != "subVersion");
     let answer = first
         .invoke(newer.with_field("subVersion", 6), CALL)
         .await
@@ -565,7 +565,7 @@ async fn committed_offsets_survive_a_restart_and_new_groups_start_at_zero() {
     let mut piggyback = pull("kept", 0, 0, SUB | 1, 0, "*");
     piggyback
         .ext_fields
-        .retain(|(k, _)| k != "commitOffset" && k != "consumerGroup");
+        .retain(|k, _| k != "commitOffset" && k != "consumerGroup");
     ok(
         &client,
         piggyback
@@ -785,7 +785,7 @@ async fn bad_requests_get_clear_errors_and_leave_the_broker_serving() {
         .unwrap();
     assert_eq!(answer.code, response::REQUEST_CODE_NOT_SUPPORTED);
     let mut missing = send_v2("t", 0, b"x", "");
-    missing.ext_fields.retain(|(k, _)| k != "e");
+    missing.ext_fields.retain(|k, _| k != "e");
     let answer = client.invoke(missing, CALL).await.unwrap();
     assert_eq!(answer.code, response::SYSTEM_ERROR);
     assert!(answer.remark.unwrap().contains("queueId"));

@@ -26,3 +26,11 @@ fn frame_decode_corpus() {
 fn batch_decode_corpus() {
     replay("batch_decode", quiver_net::fuzz_checks::batch_decoder);
 }
+
+#[test]
+fn json_header_decode_corpus() {
+    replay(
+        "json_header_decode",
+        quiver_net::fuzz_checks::json_header_decoder,
+    );
+}

@@ -180,7 +180,7 @@ async fn bad_registrations_and_unknown_codes_get_clear_errors() {
     assert!(no_name.remark.unwrap().contains("brokerName"));
 
     let mut bad_crc = register("b", "1:1", &[("T", 1)], 1);
-    bad_crc.ext_fields.retain(|(k, _)| k != "bodyCrc32");
+    bad_crc.ext_fields.retain(|k, _| k != "bodyCrc32");
     let bad_crc = bad_crc.with_field("bodyCrc32", 12345);
     let answer = client.invoke(bad_crc, CALL).await.unwrap();
     assert_eq!(answer.code, response::SYSTEM_ERROR);

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use super::codes::{
     FLAG_ONEWAY, FLAG_RESPONSE, LANGUAGE_OTHER, QUIVER_PROTOCOL_VERSION, SerializeType,
 };
+use super::fields::Fields;
 
 /// A decoded or to-be-encoded remoting command (RocketMQ's `RemotingCommand`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +23,7 @@ pub struct RemotingCommand {
     /// Free text, usually an error message.
     pub remark: Option<String>,
     /// Header fields, all strings, in the order received or added.
-    pub ext_fields: Vec<(String, String)>,
+    pub ext_fields: Fields,
     /// Body, in parts (a pull response is many records written with one vectored write).
     pub body: Vec<Bytes>,
     /// How the header was (or is to be) serialized.
@@ -57,7 +58,7 @@ impl RemotingCommand {
             opaque: 0,
             flag: 0,
             remark: None,
-            ext_fields: Vec::new(),
+            ext_fields: Fields::default(),
             body: Vec::new(),
             serialize_type: SerializeType::Json,
         }
@@ -72,7 +73,7 @@ impl RemotingCommand {
             opaque: request.opaque,
             flag: FLAG_RESPONSE,
             remark: None,
-            ext_fields: Vec::new(),
+            ext_fields: Fields::default(),
             body: Vec::new(),
             serialize_type: request.serialize_type,
         }
@@ -84,9 +85,14 @@ impl RemotingCommand {
         self
     }
 
-    /// Adds a header field.
-    pub fn with_field(mut self, name: impl Into<String>, value: impl ToString) -> RemotingCommand {
-        self.ext_fields.push((name.into(), value.to_string()));
+    /// Adds a header field; the value is written as `Display` writes it, straight into the
+    /// command's field text.
+    pub fn with_field(mut self, name: &str, value: impl std::fmt::Display) -> RemotingCommand {
+        use std::fmt::Write;
+        self.ext_fields.push_with(name, |text| {
+            // Writing into a `String` does not fail.
+            let _ = write!(text, "{value}");
+        });
         self
     }
 
@@ -128,10 +134,7 @@ impl RemotingCommand {
 
     /// A header field, if present (the first, if repeated).
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.ext_fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.ext_fields.get(name)
     }
 
     /// A required string field.

@@ -5,12 +5,11 @@
 
 use super::codes::SerializeType;
 use super::command::RemotingCommand;
+pub use super::fields::EXT_FIELDS_MAX;
+use super::fields::Fields;
 
 /// Bytes of a header with no remark and no fields.
 pub const MIN_HEADER_BYTES: usize = 21;
-
-/// Most header fields accepted in one command.
-pub const EXT_FIELDS_MAX: usize = 1024;
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -47,8 +46,12 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, n: usize, what: &str) -> Result<String, String> {
+        self.str(n, what).map(str::to_owned)
+    }
+
+    fn str(&mut self, n: usize, what: &str) -> Result<&'a str, String> {
         let bytes = self.take(n, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+        std::str::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
     }
 }
 
@@ -71,7 +74,7 @@ pub fn decode(bytes: &[u8]) -> Result<RemotingCommand, String> {
         bytes: fields,
         at: 0,
     };
-    let mut ext_fields = Vec::new();
+    let mut ext_fields = Fields::with_capacity(16, fields.len());
     while f.at < fields.len() {
         if ext_fields.len() >= EXT_FIELDS_MAX {
             return Err(format!("more than {EXT_FIELDS_MAX} header fields"));
@@ -79,10 +82,10 @@ pub fn decode(bytes: &[u8]) -> Result<RemotingCommand, String> {
         let key_len = f.i16("field name length")?;
         let key_len = usize::try_from(key_len)
             .map_err(|_| format!("negative field name length {key_len}"))?;
-        let key = f.string(key_len, "field name")?;
+        let key = f.str(key_len, "field name")?;
         let value_len = f.len("field value length")?;
-        let value = f.string(value_len, "field value")?;
-        ext_fields.push((key, value));
+        let value = f.str(value_len, "field value")?;
+        ext_fields.push(key, value);
     }
     Ok(RemotingCommand {
         code,
@@ -114,7 +117,7 @@ pub fn encode(cmd: &RemotingCommand) -> Vec<u8> {
     out.extend_from_slice(&(remark.len() as i32).to_be_bytes());
     out.extend_from_slice(remark.as_bytes());
     out.extend_from_slice(&(fields_len as i32).to_be_bytes());
-    for (k, v) in &cmd.ext_fields {
+    for (k, v) in cmd.ext_fields.iter() {
         out.extend_from_slice(&(k.len() as i16).to_be_bytes());
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(&(v.len() as i32).to_be_bytes());
