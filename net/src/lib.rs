@@ -58,5 +58,10 @@ fn check_max_frame_bytes(value: usize) -> Result<(), ConfigError> {
 /// The answer to a request code this server does not handle, worded as RocketMQ's.
 fn not_supported(request: &RemotingCommand, code: i32) -> RemotingCommand {
     RemotingCommand::response_to(request, response::REQUEST_CODE_NOT_SUPPORTED)
-        .with_remark(format!(" request type {code} not supported"))
+        .with_remark(not_supported_remark(code))
+}
+
+/// The remark of [`not_supported`].
+fn not_supported_remark(code: i32) -> String {
+    format!(" request type {code} not supported")
 }

@@ -119,8 +119,12 @@ impl BrokerService {
                     "batch request does not support retry group topic",
                 ));
             }
-            let items = decode_batch(&body, shared.config.max_message_bytes)
-                .map_err(|e| Refusal::new(response::MESSAGE_ILLEGAL, e.to_string()))?;
+            let items = decode_batch(&body, shared.config.max_message_bytes).map_err(|e| {
+                Refusal::new(
+                    response::MESSAGE_ILLEGAL,
+                    format!("the batch body of {} bytes is malformed: {e}", body.len()),
+                )
+            })?;
             let mut messages = Vec::with_capacity(items.len());
             for item in items {
                 let (message, uniq) = build_message(

@@ -64,6 +64,17 @@ impl From<StoreError> for Refusal {
 /// What processors return: the answer, or a refusal turned into one.
 pub(crate) type Processed = Result<RemotingCommand, Refusal>;
 
+/// One line per refused request, so an operator can see who sent what and why it was turned
+/// away. `QUERY_NOT_FOUND` is an ordinary answer (a new group has no committed offset), not a
+/// complaint, and stays at debug level.
+fn log_refusal(connection: &Connection, req: &RemotingCommand, refusal: &Refusal) {
+    if refusal.code == response::QUERY_NOT_FOUND {
+        tracing::debug!(peer = %connection.peer(), request = req.code, code = refusal.code, remark = %refusal.remark, "request answered not found");
+    } else {
+        tracing::warn!(peer = %connection.peer(), request = req.code, code = refusal.code, remark = %refusal.remark, "request refused");
+    }
+}
+
 impl BrokerService {
     pub(crate) fn new(shared: Arc<Shared>, shards: LocalShards) -> BrokerService {
         BrokerService {
@@ -105,9 +116,13 @@ impl Service for BrokerService {
             request::GET_CONSUME_STATS => self.consume_stats(&req).await,
             request::GET_TOPIC_STATS_INFO => self.topic_stats(&req).await,
             request::GET_BROKER_RUNTIME_INFO => self.runtime_info(&req).await,
-            code => Ok(crate::not_supported(&req, code)),
+            code => Err(Refusal::new(
+                response::REQUEST_CODE_NOT_SUPPORTED,
+                crate::not_supported_remark(code),
+            )),
         };
         Some(processed.unwrap_or_else(|refusal| {
+            log_refusal(&connection, &req, &refusal);
             RemotingCommand::response_to(&req, refusal.code).with_remark(refusal.remark)
         }))
     }
