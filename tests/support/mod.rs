@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// A running `quiver standalone`.
@@ -41,20 +42,130 @@ pub fn write_config(
     path
 }
 
+/// Lines a process wrote to its stderr (its log), collected by a thread as they come, so a
+/// test can wait for the line that names a problem.
+#[derive(Clone, Default)]
+pub struct LogLines {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl LogLines {
+    /// An empty collection.
+    pub fn new() -> LogLines {
+        LogLines::default()
+    }
+
+    /// Lines collected so far: a mark to wait from.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no line has come yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every line collected so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+
+    /// The first line at or after index `from` that contains every one of `parts`, waiting up
+    /// to `timeout` for it to be written; panics with the lines seen if none comes.
+    pub fn wait_for(&self, from: usize, parts: &[&str], timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        let (lines, arrived) = &*self.inner;
+        let mut seen = lines.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(line) = seen
+                .iter()
+                .skip(from)
+                .find(|line| parts.iter().all(|part| line.contains(part)))
+            {
+                return line.clone();
+            }
+            let now = std::time::Instant::now();
+            assert!(
+                now < deadline,
+                "no log line with {parts:?} within {timeout:?}; lines since {from}:\n{}",
+                seen.get(from..).unwrap_or_default().join("\n")
+            );
+            seen = arrived
+                .wait_timeout(seen, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn push(&self, line: String) {
+        let (lines, arrived) = &*self.inner;
+        lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        arrived.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `line` without terminal colour sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Standalone {
     /// Starts `quiver standalone` with `config`, data under `data_dir`, and waits for `ready`.
     pub fn start(config: &Path, data_dir: &Path) -> Standalone {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        Standalone::spawn(config, data_dir, None)
+    }
+
+    /// As [`Standalone::start`], with the process's log (stderr, `RUST_LOG=warn`, no colours)
+    /// collected into `log` as well as passed on to this process's stderr.
+    pub fn start_logged(config: &Path, data_dir: &Path, log: &LogLines) -> Standalone {
+        Standalone::spawn(config, data_dir, Some(log))
+    }
+
+    fn spawn(config: &Path, data_dir: &Path, log: Option<&LogLines>) -> Standalone {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        command
             .arg("standalone")
             .arg("--config")
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning quiver");
+            .stdout(Stdio::piped());
+        if log.is_some() {
+            command.env("NO_COLOR", "1").stderr(Stdio::piped());
+        } else {
+            command.stderr(Stdio::inherit());
+        }
+        let mut child = command.spawn().expect("spawning quiver");
+        if let Some(log) = log {
+            let stderr = child.stderr.take().expect("stderr is piped");
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let line = strip_ansi(&line);
+                    eprintln!("{line}");
+                    log.push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let (mut namesrv, mut broker) = (None, None);
