@@ -78,6 +78,44 @@ fn say(line: impl std::fmt::Display) {
     let _ = out.flush();
 }
 
+/// Raises the soft limit on open files to the hard limit. A server holds a descriptor per
+/// client connection, and the usual soft default (1024) would refuse connections long before the
+/// machine runs short; the hard limit is what the administrator allows. Failure is not fatal.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, "cannot read the open-file limit");
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        tracing::debug!(
+            limit = limit.rlim_cur,
+            "open-file limit already at its hard limit"
+        );
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, soft = limit.rlim_cur, hard = limit.rlim_max, "cannot raise the open-file limit");
+        return;
+    }
+    tracing::debug!(
+        from = limit.rlim_cur,
+        to = raised.rlim_cur,
+        "raised the open-file limit to its hard limit"
+    );
+}
+
 /// Blocks until SIGINT or SIGTERM.
 fn wait_for_stop_signal() -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
@@ -92,6 +130,7 @@ fn wait_for_stop_signal() -> anyhow::Result<()> {
 }
 
 pub fn namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let mut config: NamesrvConfig = read_toml(&args.config)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -119,6 +158,7 @@ fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
 }
 
 pub fn broker(args: BrokerArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let config = broker_config(&args)?;
     let broker = Broker::start(config).context("starting the broker")?;
     say(format_args!(
@@ -133,6 +173,7 @@ pub fn broker(args: BrokerArgs) -> anyhow::Result<()> {
 }
 
 pub fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let mut config: StandaloneConfig = read_toml(&args.config)?;
     if let Some(dir) = &args.data_dir {
         config.broker.data_dir = dir.clone();

@@ -61,6 +61,19 @@ pub struct BrokerConfig {
     /// A client connection silent this long is dropped from its groups. Default 120,000, as
     /// RocketMQ's channel expiry.
     pub client_expiry_ms: u64,
+    /// A connection that delivers no complete request for this long, with no request of it
+    /// running (a held pull is not idleness) and no response waiting to be sent, is closed: a
+    /// client that trickles a frame, or sends nothing, cannot hold a descriptor forever.
+    /// Default 120,000, as RocketMQ's `serverChannelMaxIdleTimeSeconds`; at least 1,000.
+    /// Clients send heartbeats every 30 s.
+    pub connection_idle_timeout_ms: u64,
+    /// Most bytes of responses waiting to be sent on one connection. Past a quarter of it the
+    /// broker stops reading that connection's requests until its client reads; past all of it
+    /// (requests already running can get there) the connection is closed and what waits is
+    /// dropped (the client reconnects and pulls again). Bounds the memory a client that does
+    /// not read can hold. Default 64 MiB; at least 1 MiB. A consumer pulling many queues over
+    /// a slow link at `max_pull_bytes` each may need more.
+    pub connection_max_output_bytes: usize,
     /// An orderly consumer's queue lock lapses if not renewed for this long. Default 60,000,
     /// as RocketMQ's `rebalance.lockMaxLiveTime`.
     pub lock_ttl_ms: u64,
@@ -98,6 +111,8 @@ impl Default for BrokerConfig {
             short_polling_ms: 1_000,
             max_suspend_ms: 60_000,
             client_expiry_ms: 120_000,
+            connection_idle_timeout_ms: crate::server::DEFAULT_IDLE_TIMEOUT_MS,
+            connection_max_output_bytes: crate::server::DEFAULT_OUTPUT_MAX_BYTES,
             lock_ttl_ms: 60_000,
             offset_flush_interval_ms: 5_000,
             default_query_max_num: 32,
@@ -196,6 +211,18 @@ impl BrokerConfig {
                 return Err(invalid(field, "must be at least 1"));
             }
         }
+        if self.connection_idle_timeout_ms < 1_000 {
+            return Err(invalid(
+                "connection_idle_timeout_ms",
+                "must be at least 1000",
+            ));
+        }
+        if self.connection_max_output_bytes < 1 << 20 {
+            return Err(invalid(
+                "connection_max_output_bytes",
+                "must be at least 1 MiB (1048576)",
+            ));
+        }
         if self.default_query_max_num == 0 {
             return Err(invalid("default_query_max_num", "must be at least 1"));
         }
@@ -235,6 +262,16 @@ mod tests {
         assert!(err.to_string().contains("namesrv_addrs"), "{err}");
         let err = BrokerConfig::from_toml("max_message_bytes = 100000000").unwrap_err();
         assert!(err.to_string().contains("max_message_bytes"), "{err}");
+        let err = BrokerConfig::from_toml("connection_idle_timeout_ms = 10").unwrap_err();
+        assert!(
+            err.to_string().contains("connection_idle_timeout_ms"),
+            "{err}"
+        );
+        let err = BrokerConfig::from_toml("connection_max_output_bytes = 1000").unwrap_err();
+        assert!(
+            err.to_string().contains("connection_max_output_bytes"),
+            "{err}"
+        );
         let err = BrokerConfig::from_toml("no_such_field = 1").unwrap_err();
         assert!(err.to_string().contains("no_such_field"), "{err}");
     }

@@ -139,8 +139,10 @@ impl Broker {
         let listeners = Arc::new(Mutex::new(listeners));
         let service_shared = Arc::clone(&shared);
         let options = ServeOptions {
-            codec: FrameCodec::new(config.max_frame_bytes),
-        };
+            idle_timeout: Duration::from_millis(config.connection_idle_timeout_ms),
+            ..ServeOptions::new(FrameCodec::new(config.max_frame_bytes))
+        }
+        .with_output_max_bytes(config.connection_max_output_bytes);
         let service: quiver_engine::store::ThreadService = Arc::new(move |shards| {
             let shared = Arc::clone(&service_shared);
             let taken = listeners

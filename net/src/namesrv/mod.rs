@@ -213,9 +213,7 @@ fn run(
             }
         })
         .detach();
-        let options = ServeOptions {
-            codec: FrameCodec::new(config.max_frame_bytes),
-        };
+        let options = ServeOptions::new(FrameCodec::new(config.max_frame_bytes));
         serve(listener, Rc::new(service), options, async move {
             let _ = stopped.recv_async().await;
         })
