@@ -194,6 +194,9 @@ struct Prep {
     tail_seen: std::cell::Cell<(u64, Instant)>,
     /// The last failed attempt and its error.
     error: Option<(u64, LogError)>,
+    /// When the current run of failures was last logged: on a full disk every append that
+    /// needs the segment retries (and fails), so the log gets one line a while, not one each.
+    warned_at: Option<Instant>,
 }
 
 struct State {

@@ -331,6 +331,7 @@ pub(super) async fn open(
                 want: 0,
                 error: None,
                 failed_at: None,
+                warned_at: None,
                 tail_seen: std::cell::Cell::new((end, Instant::now())),
             },
             stats: LogStats::default(),

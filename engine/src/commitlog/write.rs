@@ -27,6 +27,9 @@ use crate::segment::{self, Pace, open_segment, prepare_segment, segment_name};
 /// After a failed segment preparation, background retries wait this long.
 const PREP_RETRY_MS: u64 = 1000;
 
+/// While preparation keeps failing, at most one warning this often.
+const FAILURE_LOG_MS: u64 = 10_000;
+
 /// With no append for this long, segments are pre-written at full speed.
 const PREP_IDLE_MS: u64 = 50;
 
@@ -352,11 +355,24 @@ impl Inner {
             st.prep.running = false;
             match error {
                 Some(e) => {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "segment preparation failed");
+                    let now = Instant::now();
+                    if st
+                        .prep
+                        .warned_at
+                        .is_none_or(|at| now - at >= Duration::from_millis(FAILURE_LOG_MS))
+                    {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "segment preparation failed");
+                        st.prep.warned_at = Some(now);
+                    } else {
+                        tracing::debug!(dir = %self.dir.display(), error = %e, "segment preparation failed again");
+                    }
                     st.prep.error = Some((attempt, e));
-                    st.prep.failed_at = Some(Instant::now());
+                    st.prep.failed_at = Some(now);
                 }
                 None => {
+                    if st.prep.warned_at.take().is_some() {
+                        tracing::info!(dir = %self.dir.display(), "segment preparation succeeded again");
+                    }
                     st.prep.error = None;
                     st.prep.failed_at = None;
                 }

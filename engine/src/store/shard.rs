@@ -42,6 +42,9 @@ const INDEX_WRITE_INTERVAL_MS: u64 = 10;
 /// How often the indexes are synced and the index checkpoint advanced.
 const INDEX_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 
+/// While index writes keep failing, at most one warning this often.
+const INDEX_FAILURE_LOG_MS: u64 = 10_000;
+
 /// Most entries one read takes from an offset index.
 pub const READ_ENTRIES_MAX: usize = 1024;
 
@@ -1223,6 +1226,9 @@ async fn dispatcher(inner: Rc<ShardInner>) {
 async fn index_writer(inner: Rc<ShardInner>) {
     let shard = Shard { inner };
     let mut last_checkpoint = Instant::now();
+    // A run of failures (a full disk fails every attempt, 100 a second): how many, and when
+    // one was last logged, so the log gets the first, one a while, and the recovery.
+    let mut failing: Option<(u64, Instant)> = None;
     loop {
         compio::time::sleep(Duration::from_millis(INDEX_WRITE_INTERVAL_MS)).await;
         if shard.inner.closed.get() {
@@ -1231,12 +1237,32 @@ async fn index_writer(inner: Rc<ShardInner>) {
         let checkpoint =
             last_checkpoint.elapsed() >= Duration::from_millis(INDEX_CHECKPOINT_INTERVAL_MS);
         match shard.write_indexes(checkpoint).await {
-            Ok(()) if checkpoint => last_checkpoint = Instant::now(),
-            Ok(()) => {}
-            // Entries stay in memory and readable; the write is retried next time.
-            Err(e) => {
-                tracing::warn!(shard = shard.inner.id, error = %e, "writing indexes failed; will retry")
+            Ok(()) => {
+                if checkpoint {
+                    last_checkpoint = Instant::now();
+                }
+                if let Some((failures, _)) = failing.take() {
+                    tracing::info!(
+                        shard = shard.inner.id,
+                        failures,
+                        "writing indexes succeeded again"
+                    );
+                }
             }
+            // Entries stay in memory and readable; the write is retried next time.
+            Err(e) => match &mut failing {
+                None => {
+                    tracing::warn!(shard = shard.inner.id, error = %e, "writing indexes failed; will retry");
+                    failing = Some((1, Instant::now()));
+                }
+                Some((failures, logged)) => {
+                    *failures += 1;
+                    if logged.elapsed() >= Duration::from_millis(INDEX_FAILURE_LOG_MS) {
+                        tracing::warn!(shard = shard.inner.id, error = %e, failures = *failures, "writing indexes still failing; will retry");
+                        *logged = Instant::now();
+                    }
+                }
+            },
         }
     }
 }
