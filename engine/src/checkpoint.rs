@@ -98,6 +98,16 @@ impl<T: SlotRecord> SlotFile<T> {
             crate::segment::read_exact_at(&file, Vec::new(), len, 0).await;
         res?;
         let found = newest::<T>(&bytes);
+        // Both slots exist on disk from the start, so that a later store only overwrites what
+        // the file already holds and never needs space a full disk no longer has.
+        let whole = SLOTS as usize * PAGE_BYTES;
+        if len < whole {
+            let compio::BufResult(res, _) = (&file)
+                .write_all_at(vec![0u8; whole - len], len as u64)
+                .await;
+            res?;
+            file.sync_data().await?;
+        }
         let sequence = found.map_or(0, |(sequence, _)| sequence);
         let slot_file = SlotFile {
             file,
@@ -179,6 +189,11 @@ mod tests {
         let path = dir.path().join(CHECKPOINT_FILE);
         let (mut file, found) = SlotFile::<Checkpoint>::open(&path).await.unwrap();
         assert_eq!(found, None);
+        // Both slots are there before the first store: stores never grow the file.
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            SLOTS * PAGE_BYTES as u64
+        );
         for pos in [100u64, 200, 300] {
             file.store(&Checkpoint::new(4, pos, pos * 10))
                 .await
