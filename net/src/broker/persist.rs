@@ -11,10 +11,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::other("a state file needs a directory"))?;
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::File::create(&tmp)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
         file.write_all(bytes)?;
-        file.sync_data()?;
+        file.sync_data()
+    });
+    if let Err(e) = written {
+        // A full disk: give back what the partial copy took; the old file is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()?;
