@@ -73,21 +73,36 @@ impl LogLines {
     /// The first line at or after index `from` that contains every one of `parts`, waiting up
     /// to `timeout` for it to be written; panics with the lines seen if none comes.
     pub fn wait_for(&self, from: usize, parts: &[&str], timeout: Duration) -> String {
+        self.wait_for_count(from, parts, 1, timeout).remove(0)
+    }
+
+    /// The lines at or after index `from` that contain every one of `parts`, once there are at
+    /// least `count` of them, waiting up to `timeout`; panics with the lines seen otherwise.
+    pub fn wait_for_count(
+        &self,
+        from: usize,
+        parts: &[&str],
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<String> {
         let deadline = std::time::Instant::now() + timeout;
         let (lines, arrived) = &*self.inner;
         let mut seen = lines.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(line) = seen
+            let found: Vec<String> = seen
                 .iter()
                 .skip(from)
-                .find(|line| parts.iter().all(|part| line.contains(part)))
-            {
-                return line.clone();
+                .filter(|line| parts.iter().all(|part| line.contains(part)))
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return found;
             }
             let now = std::time::Instant::now();
             assert!(
                 now < deadline,
-                "no log line with {parts:?} within {timeout:?}; lines since {from}:\n{}",
+                "{} of {count} log lines with {parts:?} within {timeout:?}; lines since {from}:\n{}",
+                found.len(),
                 seen.get(from..).unwrap_or_default().join("\n")
             );
             seen = arrived
@@ -225,6 +240,54 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::Exit
             "quiver did not exit within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tmpfs mounted for a test's lifetime (needs root, as CI runs), for a real full disk.
+pub struct Tmpfs {
+    /// Where it is mounted.
+    pub path: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it: `8m`).
+    pub fn mount(size: &str) -> Tmpfs {
+        let parent = tempfile::tempdir().expect("a temporary directory");
+        let path = parent.path().join("fs");
+        std::fs::create_dir(&path).expect("creating the mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("cannot run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed: this test needs root (CI runs as root)"
+        );
+        Tmpfs {
+            path,
+            _parent: parent,
+        }
+    }
+
+    /// Bytes still free on it.
+    pub fn free_bytes(&self) -> u64 {
+        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
+            .expect("a mount point without NUL bytes");
+        // SAFETY: `statvfs` is plain data; the kernel fills it from a valid C string path.
+        let (rc, stat) = unsafe {
+            let mut stat: libc::statvfs = std::mem::zeroed();
+            (libc::statvfs(path.as_ptr(), &mut stat), stat)
+        };
+        assert_eq!(rc, 0, "statvfs of the tmpfs failed");
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
