@@ -5,9 +5,34 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// Connections waiting to be accepted per listener.
 const LISTEN_BACKLOG: i32 = 1024;
 
+/// How long a bind that finds its address in use keeps trying. A server killed with SIGKILL
+/// leaves its listening socket to the kernel's asynchronous io_uring teardown, which releases it
+/// some milliseconds after the process is gone; a restart in that gap would otherwise fail.
+const BIND_RETRY_MS: u64 = 2_000;
+
+/// Pause between two binds of an address in use.
+const BIND_RETRY_PAUSE_MS: u64 = 20;
+
 /// A listening socket on `addr`. With `reuse_port`, several (one per shard thread) may share the
-/// port and the kernel spreads new connections across them.
+/// port and the kernel spreads new connections across them. An address in use is tried again
+/// for up to [`BIND_RETRY_MS`].
 pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(BIND_RETRY_MS);
+    loop {
+        match bind_once(addr, reuse_port) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(%addr, "address in use; trying again");
+                std::thread::sleep(std::time::Duration::from_millis(BIND_RETRY_PAUSE_MS));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn bind_once(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -48,6 +73,6 @@ mod tests {
         assert_eq!(second.local_addr().unwrap(), addr);
         // Without the option, the port is taken.
         let lone = bind(SocketAddr::from(([127, 0, 0, 1], 0)), false).unwrap();
-        assert!(bind(lone.local_addr().unwrap(), false).is_err());
+        assert!(bind_once(lone.local_addr().unwrap(), false).is_err());
     }
 }
