@@ -7,6 +7,7 @@ mod consume_cmd;
 mod load_cmd;
 mod produce_cmd;
 mod server_cmd;
+mod soak_cmd;
 mod store_cmd;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,12 @@ enum Command {
     Produce(produce_cmd::ProduceArgs),
     /// Read a topic: print each message, or count them (`--quiet`).
     Consume(consume_cmd::ConsumeArgs),
+    /// Fault-injecting soak: producers and a consumer group run while the broker, consumers
+    /// and name server are killed and restarted; then checks nothing acknowledged was lost.
+    Soak(soak_cmd::SoakArgs),
+    /// The consumer process `quiver soak` starts and kills.
+    #[command(hide = true)]
+    SoakConsumer(soak_cmd::SoakConsumerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(cmd) => admin_cmd::run(cmd),
         Command::Produce(args) => produce_cmd::run(args),
         Command::Consume(args) => consume_cmd::run(args),
+        Command::Soak(args) => soak_cmd::run(args),
+        Command::SoakConsumer(args) => soak_cmd::run_consumer(args),
     }
 }

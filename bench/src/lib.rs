@@ -8,6 +8,7 @@ pub mod engine;
 pub mod fio;
 pub mod load;
 pub mod probe;
+pub mod soak;
 
 /// A fresh directory for a benchmark's data, under `BENCH_DIR` (default `./data/criterion`).
 pub fn bench_dir(name: &str) -> std::path::PathBuf {
