@@ -76,12 +76,16 @@ impl TopicTable {
         broker_name: &str,
     ) -> Result<TopicTable, TopicsError> {
         let shown = path.display().to_string();
-        let mut state: TopicConfigWrapper = match persist::read_if_exists(&path) {
-            Ok(Some(bytes)) => decode_json("topics", &bytes).map_err(|e| TopicsError::Corrupt {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?,
-            Ok(None) => TopicConfigWrapper::default(),
+        let (mut state, existed): (TopicConfigWrapper, bool) = match persist::read_if_exists(&path)
+        {
+            Ok(Some(bytes)) => (
+                decode_json("topics", &bytes).map_err(|e| TopicsError::Corrupt {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?,
+                true,
+            ),
+            Ok(None) => (TopicConfigWrapper::default(), false),
             Err(source) => {
                 return Err(TopicsError::Io {
                     op: "reading",
@@ -90,6 +94,7 @@ impl TopicTable {
                 });
             }
         };
+        let loaded = state.topic_config_table.clone();
         if auto_create {
             state.topic_config_table.insert(
                 AUTO_CREATE_TOPIC_KEY.into(),
@@ -115,11 +120,16 @@ impl TopicTable {
             state_version: 0,
             timestamp: now_ms(),
         };
+        // Saved only when opening changed it: a broker whose disk is full must still start
+        // and serve reads (the version bump needs no saving; its timestamp is new anyway).
+        let changed = !existed || state.topic_config_table != loaded;
         let table = TopicTable {
             path,
             state: RwLock::new(state),
         };
-        table.save(&table.read())?;
+        if changed {
+            table.save(&table.read())?;
+        }
         Ok(table)
     }
 
@@ -251,6 +261,23 @@ mod tests {
             "broker-a",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn reopening_writes_the_file_only_when_opening_changes_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topics.json");
+        drop(open(dir.path(), true));
+        let first = std::fs::read(&path).unwrap();
+        // The same settings again: nothing to write (a full disk must not stop a restart).
+        drop(open(dir.path(), true));
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        // Auto-creation turned off removes the template: written.
+        let table = open(dir.path(), false);
+        assert!(table.get("TBW102").is_none());
+        drop(table);
+        assert_ne!(std::fs::read(&path).unwrap(), first);
+        assert!(open(dir.path(), false).get("TBW102").is_none());
     }
 
     #[test]
