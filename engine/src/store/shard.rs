@@ -603,10 +603,15 @@ impl Shard {
         let upto = self.inner.dispatched.get();
         let mut dirty = std::mem::take(&mut *self.inner.dirty.borrow_mut());
         dirty.retain(|q| !q.deleted.get());
-        for queue in &dirty {
+        for (i, queue) in dirty.iter().enumerate() {
             if let Err(e) = ConsumeQueue::write_pending(&queue.cq).await {
-                // Keep it dirty: the entries stay in memory and readable, and are retried.
-                self.inner.dirty.borrow_mut().push(Rc::clone(queue));
+                // Keep it and the queues not tried yet dirty (a queue is marked dirty only by
+                // its first unwritten entry): the entries stay in memory and readable, and are
+                // retried.
+                self.inner
+                    .dirty
+                    .borrow_mut()
+                    .extend(dirty[i..].iter().cloned());
                 return Err(StoreError::io("writing an offset index")(e));
             }
         }
@@ -1302,5 +1307,83 @@ mod tests {
         }
         assert_eq!(topic_from_dir_name("~zz"), None);
         assert_eq!(topic_from_dir_name("a b"), None);
+    }
+
+    /// Offset-index files of two entries each, so a few appends need a new file.
+    fn small_config() -> Arc<StoreConfig> {
+        Arc::new(StoreConfig {
+            cq_file_entries: 2,
+            key_index_slots: 64,
+            key_index_entries: 256,
+            log: crate::config::LogConfig {
+                segment_bytes: 256 * 1024,
+                max_record_bytes: 16 * 1024,
+                write_buffer_bytes: 64 * 1024,
+                flush: crate::config::FlushMode::Async,
+                ..crate::config::LogConfig::default()
+            },
+            ..StoreConfig::default()
+        })
+    }
+
+    fn message(i: u64) -> Message {
+        Message {
+            body: Bytes::from(format!("message {i}")),
+            ..Message::default()
+        }
+    }
+
+    /// A queue's offset index that can write into its open files but create no new one (as on
+    /// a full disk): its directory moved aside and a plain file put in its place. Undone by
+    /// [`NewIndexFilesRefused::unblock`].
+    struct NewIndexFilesRefused {
+        dir: PathBuf,
+        aside: PathBuf,
+    }
+
+    impl NewIndexFilesRefused {
+        fn new(shard: &Shard, topic: &[u8]) -> NewIndexFilesRefused {
+            let dir = shard.queue_dir(&QueueId::new(topic, 0));
+            let aside = dir.with_extension("aside");
+            std::fs::rename(&dir, &aside).unwrap();
+            std::fs::write(&dir, b"").unwrap();
+            NewIndexFilesRefused { dir, aside }
+        }
+
+        fn unblock(self) {
+            std::fs::remove_file(&self.dir).unwrap();
+            std::fs::rename(&self.aside, &self.dir).unwrap();
+        }
+    }
+
+    fn unwritten(shard: &Shard, topic: &[u8]) -> usize {
+        let queue = shard.queue(topic, 0).unwrap();
+        queue.cq.borrow().unwritten_len()
+    }
+
+    #[compio::test]
+    async fn a_failed_index_write_keeps_every_queue_it_did_not_write_for_the_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, _) = Shard::open(0, dir.path(), small_config()).await.unwrap();
+        shard.append(b"a", 0, &[message(0)]).await.unwrap();
+        shard.append(b"b", 0, &[message(1)]).await.unwrap();
+        shard.write_indexes(true).await.unwrap();
+        let blocked = NewIndexFilesRefused::new(&shard, b"a");
+        // Queue a first: its offset 2 needs a new file, which fails before b is tried.
+        shard
+            .append(b"a", 0, &[message(2), message(3)])
+            .await
+            .unwrap();
+        shard.append(b"b", 0, &[message(4)]).await.unwrap();
+        assert!(shard.write_indexes(false).await.is_err());
+        assert_eq!(unwritten(&shard, b"b"), 1);
+        blocked.unblock();
+        shard.write_indexes(true).await.unwrap();
+        assert_eq!(unwritten(&shard, b"a"), 0, "queue a written on the retry");
+        assert_eq!(unwritten(&shard, b"b"), 0, "queue b written on the retry");
+        shard.close().await.unwrap();
+        let (_, recovery) = Shard::open(0, dir.path(), small_config()).await.unwrap();
+        assert_eq!(recovery.redispatched, 0, "{recovery:?}");
+        assert_eq!(recovery.rebuilt_queues, 0, "{recovery:?}");
     }
 }
