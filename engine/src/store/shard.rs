@@ -1089,14 +1089,31 @@ impl Shard {
         Ok(deleted)
     }
 
-    /// Writes and syncs every index, records the checkpoint, and closes the log.
+    /// Flushes the log, writes and syncs every index and records the index checkpoint, then
+    /// closes the log (its final checkpoint, the directory lock released), whatever happened
+    /// before.
+    ///
+    /// Indexes that cannot be written (a full disk) do not make the close fail: the warning
+    /// names them, and the index checkpoint stays where the indexes on disk are complete, so
+    /// the next open truncates them there and rebuilds the rest from the log, which holds
+    /// every acknowledged record. The store is consistent and nothing needs repair, so a stop
+    /// on a full disk is a clean one. A log that cannot be flushed or closed is an error:
+    /// acknowledged records might not be durable.
     pub(crate) async fn close(self) -> Result<(), StoreError> {
         self.inner.closed.set(true);
         self.inner.placed.notify(usize::MAX);
-        self.inner.log.flush().await?;
+        let flushed = self.inner.log.flush().await;
         self.dispatch_readable();
-        self.write_indexes(true).await?;
-        self.inner.log.clone().close().await?;
+        if let Err(e) = self.write_indexes(true).await {
+            tracing::warn!(
+                shard = self.inner.id,
+                error = %e,
+                "closing a shard: indexes not written; the next open rebuilds them from the log"
+            );
+        }
+        let closed = self.inner.log.clone().close().await;
+        flushed?;
+        closed?;
         Ok(())
     }
 }
@@ -1385,5 +1402,35 @@ mod tests {
         let (_, recovery) = Shard::open(0, dir.path(), small_config()).await.unwrap();
         assert_eq!(recovery.redispatched, 0, "{recovery:?}");
         assert_eq!(recovery.rebuilt_queues, 0, "{recovery:?}");
+    }
+
+    #[compio::test]
+    async fn a_close_whose_indexes_cannot_be_written_closes_the_log_and_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, _) = Shard::open(0, dir.path(), small_config()).await.unwrap();
+        shard.append(b"a", 0, &[message(0)]).await.unwrap();
+        shard.write_indexes(true).await.unwrap();
+        let blocked = NewIndexFilesRefused::new(&shard, b"a");
+        shard
+            .append(b"a", 0, &[message(1), message(2)])
+            .await
+            .unwrap();
+        shard
+            .close()
+            .await
+            .expect("indexes are rebuilt from the log: not a failed close");
+        blocked.unblock();
+        // The log was closed: its lock released and its final checkpoint at its end.
+        let (shard, recovery) = Shard::open(0, dir.path(), small_config()).await.unwrap();
+        assert_eq!(recovery.log.records_scanned, 0, "{recovery:?}");
+        assert_eq!(recovery.redispatched, 2, "{recovery:?}");
+        let ReadOutcome::Found { messages, .. } =
+            shard.read(b"a", 0, 0, 10, 1 << 20, None).await.unwrap()
+        else {
+            panic!("queue a has no messages")
+        };
+        let bodies: Vec<_> = messages.iter().map(|m| m.record.body()).collect();
+        let expected: Vec<_> = (0..3).map(|i| message(i).body).collect();
+        assert_eq!(bodies, expected);
     }
 }
