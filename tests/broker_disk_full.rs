@@ -3,7 +3,9 @@
 //! with RocketMQ's SERVICE_NOT_AVAILABLE and a log line; the broker stays up and every
 //! acknowledged message reads back intact, also while the indexes cannot be written; freeing
 //! space lets sends succeed again without a restart; and after a restart every acknowledged
-//! message is still there.
+//! message is still there. A second test keeps the disk full across a stop (SIGTERM exits
+//! cleanly although index entries could not be written) and a start: the broker starts, serves
+//! every acknowledged message, refuses sends, and takes them again once space is freed.
 //!
 //! Disk-pressure retention is off (`disk_max_used_ratio = 1.0`, checked every 200 ms), so the
 //! broker cannot make room by deleting what it acknowledged.
@@ -79,6 +81,26 @@ async fn send_acked(client: &RemotingClient, acked: &mut Vec<Vec<u8>>) {
         Err((code, remark)) => panic!("message {i} refused: {code} {remark}"),
     }
     acked.push(body(i));
+}
+
+/// Sends until the broker refuses (what the prepared segment takes once no new one can be
+/// made); returns the refusal.
+async fn send_until_refused(client: &RemotingClient, acked: &mut Vec<Vec<u8>>) -> (i32, String) {
+    loop {
+        let i = acked.len();
+        match send_one(client, i).await {
+            Ok(offset) => {
+                assert_eq!(offset, i as i64, "message {i} stored out of place");
+                acked.push(body(i));
+            }
+            Err(refused) => return refused,
+        }
+        assert!(
+            acked.len() < 20_000,
+            "the disk never filled ({} acknowledged)",
+            acked.len()
+        );
+    }
 }
 
 /// Every message of the queue, in order, must be exactly what was acknowledged.
@@ -183,21 +205,7 @@ async fn a_full_disk_refuses_sends_clearly_loses_nothing_and_recovers_without_a_
 
     let mark = log.len();
     let started = Instant::now();
-    let (code, remark) = loop {
-        let i = acked.len();
-        match send_one(&client, i).await {
-            Ok(offset) => {
-                assert_eq!(offset, i as i64, "message {i} stored out of place");
-                acked.push(body(i));
-            }
-            Err(refused) => break refused,
-        }
-        assert!(
-            acked.len() < 20_000,
-            "the disk never filled ({} acknowledged)",
-            acked.len()
-        );
-    };
+    let (code, remark) = send_until_refused(&client, &mut acked).await;
     let full_after = acked.len();
     eprintln!(
         "refused after {full_after} acknowledged messages ({:?} of sending on a full disk): {code} {remark}",
@@ -308,5 +316,109 @@ async fn a_full_disk_refuses_sends_clearly_loses_nothing_and_recovers_without_a_
     );
     send_acked(&client, &mut acked).await;
     assert_all_stored(&client, &acked, "after a restart and a send").await;
+    broker.stop();
+}
+
+/// The disk stays full across a stop and a start. SIGTERM exits cleanly although offset-index
+/// entries could not be written (the log is flushed and closed; indexes are rebuilt from it at
+/// open), the broker starts on the full disk, serves every acknowledged message and refuses
+/// sends with SERVICE_NOT_AVAILABLE; once space is freed it takes sends without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_and_started_on_a_full_disk_serves_reads_and_takes_sends_once_space_is_freed()
+ {
+    let fs = Tmpfs::mount("12m");
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = write_config(config_dir.path(), free_port(), free_port());
+    let filler = fs.path.join("filler");
+    std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
+    let data = fs.path.join("data");
+    let log = LogLines::new();
+    let broker = Standalone::start_logged(&config, &data, &log);
+    let client = RemotingClient::connect(broker.broker).await.unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..20 {
+        send_acked(&client, &mut acked).await;
+    }
+    let mark = log.len();
+    fill_up(&fs.path.join("topup"));
+    let (code, remark) = send_until_refused(&client, &mut acked).await;
+    assert_eq!(code, response::SERVICE_NOT_AVAILABLE, "{remark}");
+    // What was sent since cannot all be indexed on disk: those entries are only in memory.
+    logged(
+        &log,
+        mark,
+        &["writing indexes failed", "No space left on device"],
+    );
+    assert_all_stored(&client, &acked, "before the stop").await;
+
+    // SIGTERM, the disk still full: a clean exit (`stop` asserts it), the unwritten index
+    // entries named in a warning.
+    let mark = log.len();
+    drop(client);
+    broker.stop();
+    logged(
+        &log,
+        mark,
+        &[
+            "closing a shard",
+            "indexes not written",
+            "No space left on device",
+        ],
+    );
+    assert_eq!(
+        fs.free_bytes(),
+        0,
+        "the disk must still be full at the start"
+    );
+
+    // Started on the full disk: every acknowledged message reads back, sends are refused.
+    let mark = log.len();
+    let started = Instant::now();
+    let broker = Standalone::start_logged(&config, &data, &log);
+    eprintln!("started on a full disk in {:?}", started.elapsed());
+    // The entries rebuilt from the log could not be written either: they are held in memory.
+    logged(
+        &log,
+        mark,
+        &[
+            "opening a shard",
+            "rebuilt indexes not written",
+            "No space left on device",
+        ],
+    );
+    let client = RemotingClient::connect(broker.broker).await.unwrap();
+    assert_all_stored(&client, &acked, "after a start on a full disk").await;
+    for _ in 0..3 {
+        let refused = send_one(&client, acked.len()).await;
+        assert!(
+            matches!(&refused, Err((response::SERVICE_NOT_AVAILABLE, remark)) if remark.contains("disk full")),
+            "{refused:?}"
+        );
+    }
+    logged(&log, mark, &["request refused", "code=14", "disk full"]);
+    assert_all_stored(&client, &acked, "after sends refused on a full disk").await;
+
+    // Space freed: sends succeed at once, across at least one more segment, no restart.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    send_acked(&client, &mut acked).await;
+    eprintln!(
+        "first send after freeing space answered in {:?}",
+        freed.elapsed()
+    );
+    for _ in 0..(SEGMENT_BYTES / 2500) {
+        send_acked(&client, &mut acked).await;
+    }
+    assert_all_stored(&client, &acked, "after space was freed").await;
+
+    // The indexes held in memory meanwhile reach the disk: a stop and start keep everything.
+    drop(client);
+    broker.stop();
+    let broker = Standalone::start_logged(&config, &data, &log);
+    let client = RemotingClient::connect(broker.broker).await.unwrap();
+    assert_all_stored(&client, &acked, "after a last restart").await;
+    send_acked(&client, &mut acked).await;
+    assert_all_stored(&client, &acked, "after a last restart and a send").await;
+    drop(client);
     broker.stop();
 }

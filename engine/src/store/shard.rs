@@ -293,10 +293,16 @@ impl Shard {
                 op: "trimming offset indexes",
                 source: std::io::Error::other(e.to_string()),
             })?;
-        shard.write_indexes(true).await.map_err(|e| OpenError::Io {
-            op: "writing the rebuilt indexes",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        // Entries that cannot be written now (a full disk) stay in memory, readable, and the
+        // index writer retries them; the index checkpoint stays behind until they are written,
+        // so a crash meanwhile rebuilds them again. A shard must open on a full disk.
+        if let Err(e) = shard.write_indexes(true).await {
+            tracing::warn!(
+                shard = id,
+                error = %e,
+                "opening a shard: rebuilt indexes not written; kept in memory, will retry"
+            );
+        }
         compio::runtime::spawn(dispatcher(Rc::clone(&shard.inner))).detach();
         compio::runtime::spawn(index_writer(Rc::clone(&shard.inner))).detach();
         compio::runtime::spawn(retention(Rc::clone(&shard.inner))).detach();
