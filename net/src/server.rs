@@ -301,6 +301,12 @@ impl ServeOptions {
     }
 }
 
+/// Pause after a failed accept (out of descriptors, say) before the next.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Least time between two warnings of failed accepts.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Accepts connections on `listener` and serves each with `service` until `stop` completes.
 /// Connections already open are served until they close.
 pub async fn serve<S: Service>(
@@ -310,6 +316,8 @@ pub async fn serve<S: Service>(
     stop: impl Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
+    let mut failed_accepts = 0u64;
+    let mut last_accept_warning: Option<std::time::Instant> = None;
     loop {
         let accepted = {
             let accept = std::pin::pin!(listener.accept());
@@ -329,9 +337,16 @@ pub async fn serve<S: Service>(
                 .detach();
             }
             Err(e) => {
-                // Out of descriptors and the like: keep serving the connections there are.
-                tracing::warn!(error = %e, "accept failed");
-                compio::time::sleep(Duration::from_millis(10)).await;
+                // Out of descriptors and the like: keep serving the connections there are, and
+                // say so once a second at most, not at every retry.
+                failed_accepts += 1;
+                let now = std::time::Instant::now();
+                if last_accept_warning.is_none_or(|at| now - at >= ACCEPT_WARNING_INTERVAL) {
+                    tracing::warn!(error = %e, failures = failed_accepts, "accept failed");
+                    last_accept_warning = Some(now);
+                    failed_accepts = 0;
+                }
+                compio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             }
         }
     }
