@@ -3,8 +3,9 @@
 //! before stays readable and intact; freeing space lets appends succeed again at once; and a
 //! restart keeps every acknowledged message.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use bytes::Bytes;
 use futures_executor::block_on;
@@ -12,45 +13,17 @@ use quiver_bench::probe::{index_from_logs, index_of_store};
 use quiver_engine::store::Store;
 use quiver_engine::store::types::{Message, ReadOutcome, StoreError};
 use quiver_engine::{FlushMode, LogConfig, LogError, StoreConfig};
-
-/// A tmpfs mounted for the test's lifetime.
-struct Tmpfs {
-    path: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let parent = tempfile::tempdir().unwrap();
-        let path = parent.path().join("fs");
-        std::fs::create_dir(&path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("cannot run mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs failed: this test needs root (CI runs as root)"
-        );
-        Tmpfs {
-            path,
-            _parent: parent,
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
+use support::Tmpfs;
 
 fn config() -> StoreConfig {
     StoreConfig {
         shards: 1,
         pin_threads: false,
         cq_file_entries: 256,
+        // Disk-pressure deletion off, checked often: the store may not make room by deleting
+        // what it acknowledged, whatever the test's timing.
+        disk_max_used_ratio: 1.0,
+        retention_check_interval_ms: 200,
         log: LogConfig {
             segment_bytes: 1 << 20,
             max_record_bytes: 16 * 1024,
