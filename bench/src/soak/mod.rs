@@ -399,16 +399,34 @@ async fn create_topic(namesrv: &str, queues: i32) -> Result<(), SoakError> {
     }
 }
 
+/// Calls `op` until it succeeds or [`procs::READY_TIMEOUT`] passes: the last fault may have
+/// just happened (a name server restarted a moment ago knows no route until the broker's next
+/// registration; a broker restarted a moment ago may still be recovering).
+async fn settled<T, F, Fut>(mut op: F) -> Result<T, SoakError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, MqError>>,
+{
+    let deadline = Instant::now() + procs::READY_TIMEOUT;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// Reads every queue of the topic from its first offset to its last.
 async fn read_back(namesrv: &str) -> Result<BTreeMap<(i32, i64), Stored>, SoakError> {
     let reader = PullConsumer::start("soak-verifier", ClientConfig::new(namesrv))?;
     let mut out = BTreeMap::new();
-    let queues = reader.queues(TOPIC).await?;
+    let queues = settled(|| reader.queues(TOPIC)).await?;
     for queue in &queues {
-        let mut offset = reader.min_offset(queue).await?;
-        let max = reader.max_offset(queue).await?;
+        let mut offset = settled(|| reader.min_offset(queue)).await?;
+        let max = settled(|| reader.max_offset(queue)).await?;
         while offset < max {
-            let found = reader.pull(queue, offset, READ_BACK_BATCH, "*").await?;
+            let found = settled(|| reader.pull(queue, offset, READ_BACK_BATCH, "*")).await?;
             if found.status != PullStatus::Found || found.messages.is_empty() {
                 return Err(SoakError::Setup(format!(
                     "queue {} answered {:?} at offset {offset} below its max {max}",
