@@ -177,6 +177,9 @@ pub fn write_broker_config(
          [store]\n\
          shards = {shards}\n\
          pin_threads = false\n\
+         # No deletion under disk pressure: it removes acknowledged messages by design, and\n\
+         # the soak is about crashes (a shared disk here is often over the default 0.75).\n\
+         disk_max_used_ratio = 1.0\n\
          [store.log]\n\
          flush = \"{flush}\"\n\
          segment_bytes = 67108864\n\
