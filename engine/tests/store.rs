@@ -679,3 +679,73 @@ fn thread_services_run_on_every_thread_reach_every_shard_and_see_the_stop() {
     stopped.sort();
     assert_eq!(stopped, vec![100, 101]);
 }
+
+#[test]
+fn appends_gathered_for_another_thread_are_placed_in_issue_order_and_each_answered() {
+    use quiver_engine::store::{LocalShards, ThreadService};
+    const APPENDS: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let service: ThreadService = Arc::new(move |local: LocalShards| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let thread = local.thread_index() as u64;
+            // The queues exist first (a queue's first append also sets it up, and is not
+            // placed before appends issued after it finish that).
+            for queue in 0..4 {
+                let n = thread * 1_000_000 + 999_999 - u64::from(queue);
+                local
+                    .append(b"g", queue, vec![message("g", queue, n)])
+                    .await
+                    .unwrap();
+            }
+            // Issued together: polled in order, so each queues its hand-off in order, and the
+            // ones for the other thread cross in gathered batches.
+            let appends = (0..APPENDS).map(|i| {
+                let local = local.clone();
+                let queue = (i % 4) as u32;
+                let n = thread * 1_000_000 + i;
+                async move {
+                    (
+                        queue,
+                        n,
+                        local
+                            .append(b"g", queue, vec![message("g", queue, n)])
+                            .await,
+                    )
+                }
+            });
+            let answers = futures_util::future::join_all(appends).await;
+            tx.send(answers).unwrap();
+        })
+    });
+    let store = Store::open_with_service(dir.path(), config(2, FlushMode::Async), service).unwrap();
+    let mut answered = BTreeMap::new();
+    for _ in 0..2 {
+        for (queue, n, answer) in rx.recv().unwrap() {
+            let appended = answer.unwrap();
+            assert_eq!(appended.len(), 1);
+            answered.insert((queue, appended[0].queue_offset), n);
+        }
+    }
+    assert_eq!(answered.len(), 2 * APPENDS as usize);
+    for queue in 0..4 {
+        let mut stored = read_all(&store, "g", queue);
+        // The two set-up appends.
+        stored.retain(|m| m.record.header().born_timestamp_ms.get() % 1_000_000 < APPENDS);
+        let mut last_from = [None::<u64>; 2];
+        for m in &stored {
+            let n = m.record.header().born_timestamp_ms.get();
+            // Each answer names the offset its own message is at.
+            assert_eq!(answered.get(&(queue, m.queue_offset)), Some(&n));
+            let thread = (n / 1_000_000) as usize;
+            assert!(
+                last_from[thread].is_none_or(|last| last < n),
+                "queue {queue}: {n} placed after {last_from:?}"
+            );
+            last_from[thread] = Some(n);
+        }
+        assert_eq!(stored.len(), (2 * APPENDS / 4) as usize);
+    }
+    block_on(store.shutdown()).unwrap();
+}
