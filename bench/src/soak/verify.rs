@@ -238,8 +238,10 @@ pub fn verify(
             });
             continue;
         }
-        // A crash loses the latest appends: the first kill after the acknowledgement.
-        match broker_kills.iter().position(|k| k.start_ms >= ack.at_ms) {
+        // A crash loses the latest appends: the first kill the acknowledgement came before.
+        // An answer read while the broker was down was sent before it died: a kill counts
+        // until its restart is over.
+        match broker_kills.iter().position(|k| k.end_ms >= ack.at_ms) {
             Some(crash) => {
                 crash_bytes[crash] += send.body_bytes as u64 + rules.record_overhead_bytes;
                 crash_count[crash] += 1;
@@ -605,6 +607,17 @@ mod tests {
             start_ms: 40,
             end_ms: 60,
         });
+        // An answer read after the kill began, before the restart was over, came from the
+        // killed broker: still that crash's.
+        let mut read_late = sends.clone();
+        read_late[2].acked = Some(Ack {
+            at_ms: 50,
+            queue: 1,
+            offset: 0,
+        });
+        let v = verify(&read_late, &deliveries, &store, &faults, &rules);
+        assert_eq!(v.failures, Vec::<String>::new());
+        assert_eq!(v.crash_losses, vec![2]);
         // After the restart, "d" took the offset "b" had had; the consumer had moved past it.
         let mut sends = sends;
         sends.push(send("d", 70, 0, 1));
