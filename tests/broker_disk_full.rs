@@ -43,6 +43,36 @@ fn write_config(dir: &Path, namesrv_port: u16, broker_port: u16) -> PathBuf {
     path
 }
 
+/// A small tmpfs for a broker's data, with 3 MiB taken by a filler file before the broker
+/// starts: space to give back later.
+struct SmallDisk {
+    fs: Tmpfs,
+    _config_dir: tempfile::TempDir,
+    config: PathBuf,
+    filler: PathBuf,
+    data: PathBuf,
+    log: LogLines,
+}
+
+impl SmallDisk {
+    fn new() -> SmallDisk {
+        let fs = Tmpfs::mount("12m");
+        let config_dir = tempfile::tempdir().unwrap();
+        let config = write_config(config_dir.path(), free_port(), free_port());
+        let filler = fs.path.join("filler");
+        std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
+        let data = fs.path.join("data");
+        SmallDisk {
+            fs,
+            _config_dir: config_dir,
+            config,
+            filler,
+            data,
+            log: LogLines::new(),
+        }
+    }
+}
+
 fn body(i: usize) -> Vec<u8> {
     let mut body = format!("m{i}|").into_bytes();
     let pad = 1500 + (i * 7919) % 1500;
@@ -181,17 +211,16 @@ fn logged(log: &LogLines, from: usize, parts: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_sends_clearly_loses_nothing_and_recovers_without_a_restart() {
-    let fs = Tmpfs::mount("12m");
-    let config_dir = tempfile::tempdir().unwrap();
-    let config = write_config(config_dir.path(), free_port(), free_port());
-    // Space to give back later, taken before the broker starts.
-    let filler = fs.path.join("filler");
-    std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
-    let data = fs.path.join("data");
-    let log = LogLines::new();
+    let SmallDisk {
+        fs,
+        _config_dir,
+        config,
+        filler,
+        data,
+        log,
+    } = SmallDisk::new();
     let broker = Standalone::start_logged(&config, &data, &log);
     let client = RemotingClient::connect(broker.broker).await.unwrap();
-
     let mut acked = Vec::new();
     for _ in 0..20 {
         send_acked(&client, &mut acked).await;
@@ -326,13 +355,14 @@ async fn a_full_disk_refuses_sends_clearly_loses_nothing_and_recovers_without_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_stopped_and_started_on_a_full_disk_serves_reads_and_takes_sends_once_space_is_freed()
  {
-    let fs = Tmpfs::mount("12m");
-    let config_dir = tempfile::tempdir().unwrap();
-    let config = write_config(config_dir.path(), free_port(), free_port());
-    let filler = fs.path.join("filler");
-    std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
-    let data = fs.path.join("data");
-    let log = LogLines::new();
+    let SmallDisk {
+        fs,
+        _config_dir,
+        config,
+        filler,
+        data,
+        log,
+    } = SmallDisk::new();
     let broker = Standalone::start_logged(&config, &data, &log);
     let client = RemotingClient::connect(broker.broker).await.unwrap();
     let mut acked = Vec::new();
