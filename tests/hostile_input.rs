@@ -527,3 +527,52 @@ async fn hostile_input_is_refused_clearly_logged_and_leaves_the_broker_serving()
     assert!(offset > 0);
     f.broker.stop();
 }
+
+/// A client can have requests refused as fast as it sends them: the broker logs at most its
+/// budget of them a second, and the next line logged says how many it did not, so a flood
+/// cannot fill the disk with log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_requests_is_logged_within_a_budget() {
+    const FLOOD: usize = 2_000;
+    let mut f = Fixture::start().await;
+    let mark = f.log.len();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD {
+        let client = f.hostile.clone();
+        flood.spawn(async move { client.invoke(RemotingCommand::request(7777), CALL).await });
+    }
+    while let Some(answer) = flood.join_next().await {
+        assert_eq!(
+            answer.unwrap().unwrap().code,
+            response::REQUEST_CODE_NOT_SUPPORTED
+        );
+    }
+    // Refused again until a line reports the ones not logged (the budget's next second).
+    let deadline = std::time::Instant::now() + LOG_WAIT;
+    let summary = loop {
+        let answer = f.hostile.invoke(RemotingCommand::request(7777), CALL).await;
+        assert_eq!(answer.unwrap().code, response::REQUEST_CODE_NOT_SUPPORTED);
+        let lines = f.log.lines();
+        if let Some(line) = lines[mark..]
+            .iter()
+            .find(|l| l.contains("not_logged_before"))
+        {
+            break line.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line reported the refusals not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let logged = f.log.lines()[mark..]
+        .iter()
+        .filter(|l| l.contains("request refused"))
+        .count();
+    assert!(
+        logged < FLOOD / 4,
+        "{logged} lines for {FLOOD} refused requests: the budget did not hold"
+    );
+    assert!(summary.contains("request=7777"), "{summary}");
+    f.still_serving("a flood of refused requests").await;
+}

@@ -9,6 +9,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod listen;
+pub mod log_budget;
 pub mod message;
 pub mod namesrv;
 pub mod protocol;

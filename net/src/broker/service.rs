@@ -11,6 +11,7 @@ use quiver_engine::store::types::StoreError;
 
 use super::Shared;
 use super::clients::notify;
+use crate::log_budget::LogBudget;
 use crate::remoting::codes::{request, response};
 use crate::remoting::{FieldError, RemotingCommand};
 use crate::server::{Connection, Service};
@@ -64,14 +65,26 @@ impl From<StoreError> for Refusal {
 /// What processors return: the answer, or a refusal turned into one.
 pub(crate) type Processed = Result<RemotingCommand, Refusal>;
 
+/// Refused requests logged per second at most; past that they are counted, and the next line
+/// logged says how many were not.
+const REFUSAL_LOG_LINES_PER_SEC: u32 = 100;
+
+static REFUSAL_LOG_BUDGET: LogBudget =
+    LogBudget::new(REFUSAL_LOG_LINES_PER_SEC, std::time::Duration::from_secs(1));
+
 /// One line per refused request, so an operator can see who sent what and why it was turned
-/// away. `QUERY_NOT_FOUND` is an ordinary answer (a new group has no committed offset), not a
-/// complaint, and stays at debug level.
+/// away, up to [`REFUSAL_LOG_LINES_PER_SEC`]: a client can send refusable requests as fast as
+/// it likes. `QUERY_NOT_FOUND` is an ordinary answer (a new group has no committed offset), not
+/// a complaint, and stays at debug level.
 fn log_refusal(connection: &Connection, req: &RemotingCommand, refusal: &Refusal) {
     if refusal.code == response::QUERY_NOT_FOUND {
         tracing::debug!(peer = %connection.peer(), request = req.code, code = refusal.code, remark = %refusal.remark, "request answered not found");
-    } else {
-        tracing::warn!(peer = %connection.peer(), request = req.code, code = refusal.code, remark = %refusal.remark, "request refused");
+    } else if let Some(not_logged) = REFUSAL_LOG_BUDGET.take(std::time::Instant::now()) {
+        if not_logged > 0 {
+            tracing::warn!(peer = %connection.peer(), request = req.code, code = refusal.code, remark = %refusal.remark, not_logged_before = not_logged, "request refused");
+        } else {
+            tracing::warn!(peer = %connection.peer(), request = req.code, code = refusal.code, remark = %refusal.remark, "request refused");
+        }
     }
 }
 
