@@ -33,6 +33,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod keyindex;
+pub mod log_budget;
 pub mod record;
 pub mod scan;
 mod segment;

@@ -9,7 +9,6 @@ pub mod client;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod listen;
-pub mod log_budget;
 pub mod message;
 pub mod namesrv;
 pub mod protocol;

@@ -39,6 +39,7 @@ use compio::BufResult;
 use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
 use futures_util::future::{Either, select};
+use quiver_engine::log_budget::LogBudget;
 
 use crate::remoting::codes::{FLAG_ONEWAY, FLAG_RESPONSE, response};
 use crate::remoting::frame::{FrameCodec, FrameError};
@@ -316,8 +317,7 @@ pub async fn serve<S: Service>(
     stop: impl Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
-    let mut failed_accepts = 0u64;
-    let mut last_accept_warning: Option<std::time::Instant> = None;
+    let accept_warnings = LogBudget::new(1, ACCEPT_WARNING_INTERVAL);
     loop {
         let accepted = {
             let accept = std::pin::pin!(listener.accept());
@@ -339,12 +339,8 @@ pub async fn serve<S: Service>(
             Err(e) => {
                 // Out of descriptors and the like: keep serving the connections there are, and
                 // say so once a second at most, not at every retry.
-                failed_accepts += 1;
-                let now = std::time::Instant::now();
-                if last_accept_warning.is_none_or(|at| now - at >= ACCEPT_WARNING_INTERVAL) {
-                    tracing::warn!(error = %e, failures = failed_accepts, "accept failed");
-                    last_accept_warning = Some(now);
-                    failed_accepts = 0;
+                if let Some(not_logged_before) = accept_warnings.take(Instant::now()) {
+                    tracing::warn!(error = %e, not_logged_before, "accept failed");
                 }
                 compio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             }

@@ -33,6 +33,7 @@ use crate::checkpoint::{Checkpoint, SlotFile};
 use crate::chunk::{Chunk, ChunkPool};
 use crate::config::{FlushMode, IoMode, LogConfig};
 use crate::error::LogError;
+use crate::log_budget::LogBudget;
 use crate::record::{HEADER_BYTES, NewRecord, padding_header};
 use crate::segment::Segment;
 
@@ -194,9 +195,17 @@ struct Prep {
     tail_seen: std::cell::Cell<(u64, Instant)>,
     /// The last failed attempt and its error.
     error: Option<(u64, LogError)>,
-    /// When the current run of failures was last logged: on a full disk every append that
-    /// needs the segment retries (and fails), so the log gets one line a while, not one each.
-    warned_at: Option<Instant>,
+    /// Warnings of failed preparations: on a full disk every append that needs the segment
+    /// retries (and fails), so the log gets one line a while, not one each.
+    warnings: LogBudget,
+}
+
+/// While segment preparation keeps failing, at most one warning this often.
+const PREP_FAILURE_LOG_MS: u64 = 10_000;
+
+/// The budget of [`Prep::warnings`].
+fn prep_warnings() -> LogBudget {
+    LogBudget::new(1, std::time::Duration::from_millis(PREP_FAILURE_LOG_MS))
 }
 
 struct State {

@@ -331,7 +331,7 @@ pub(super) async fn open(
                 want: 0,
                 error: None,
                 failed_at: None,
-                warned_at: None,
+                warnings: super::prep_warnings(),
                 tail_seen: std::cell::Cell::new((end, Instant::now())),
             },
             stats: LogStats::default(),

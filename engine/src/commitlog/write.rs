@@ -27,9 +27,6 @@ use crate::segment::{self, Pace, open_segment, prepare_segment, segment_name};
 /// After a failed segment preparation, background retries wait this long.
 const PREP_RETRY_MS: u64 = 1000;
 
-/// While preparation keeps failing, at most one warning this often.
-const FAILURE_LOG_MS: u64 = 10_000;
-
 /// With no append for this long, segments are pre-written at full speed.
 const PREP_IDLE_MS: u64 = 50;
 
@@ -356,21 +353,19 @@ impl Inner {
             match error {
                 Some(e) => {
                     let now = Instant::now();
-                    if st
-                        .prep
-                        .warned_at
-                        .is_none_or(|at| now - at >= Duration::from_millis(FAILURE_LOG_MS))
-                    {
-                        tracing::warn!(dir = %self.dir.display(), error = %e, "segment preparation failed");
-                        st.prep.warned_at = Some(now);
-                    } else {
-                        tracing::debug!(dir = %self.dir.display(), error = %e, "segment preparation failed again");
+                    match st.prep.warnings.take(now) {
+                        Some(not_logged_before) => {
+                            tracing::warn!(dir = %self.dir.display(), error = %e, not_logged_before, "segment preparation failed");
+                        }
+                        None => {
+                            tracing::debug!(dir = %self.dir.display(), error = %e, "segment preparation failed again");
+                        }
                     }
                     st.prep.error = Some((attempt, e));
                     st.prep.failed_at = Some(now);
                 }
                 None => {
-                    if st.prep.warned_at.take().is_some() {
+                    if st.prep.warnings.reset() {
                         tracing::info!(dir = %self.dir.display(), "segment preparation succeeded again");
                     }
                     st.prep.error = None;

@@ -33,6 +33,7 @@ use crate::config::StoreConfig;
 use crate::consumequeue::{ConsumeQueue, CqEntry, Opened};
 use crate::error::{OpenError, ReadError};
 use crate::keyindex::{ActiveKeyIndex, Full, SealedKeyIndex, key_hash};
+use crate::log_budget::LogBudget;
 use crate::record::{HEADER_BYTES, KEY_SEPARATOR, Record};
 use crate::segment::{parse_segment_name, segment_name, sync_dir};
 
@@ -1254,9 +1255,9 @@ async fn dispatcher(inner: Rc<ShardInner>) {
 async fn index_writer(inner: Rc<ShardInner>) {
     let shard = Shard { inner };
     let mut last_checkpoint = Instant::now();
-    // A run of failures (a full disk fails every attempt, 100 a second): how many, and when
-    // one was last logged, so the log gets the first, one a while, and the recovery.
-    let mut failing: Option<(u64, Instant)> = None;
+    // A run of failures (a full disk fails every attempt, 100 a second): the log gets the
+    // first, one a while with the count of the others, and the recovery.
+    let warnings = LogBudget::new(1, Duration::from_millis(INDEX_FAILURE_LOG_MS));
     loop {
         compio::time::sleep(Duration::from_millis(INDEX_WRITE_INTERVAL_MS)).await;
         if shard.inner.closed.get() {
@@ -1269,28 +1270,16 @@ async fn index_writer(inner: Rc<ShardInner>) {
                 if checkpoint {
                     last_checkpoint = Instant::now();
                 }
-                if let Some((failures, _)) = failing.take() {
-                    tracing::info!(
-                        shard = shard.inner.id,
-                        failures,
-                        "writing indexes succeeded again"
-                    );
+                if warnings.reset() {
+                    tracing::info!(shard = shard.inner.id, "writing indexes succeeded again");
                 }
             }
             // Entries stay in memory and readable; the write is retried next time.
-            Err(e) => match &mut failing {
-                None => {
-                    tracing::warn!(shard = shard.inner.id, error = %e, "writing indexes failed; will retry");
-                    failing = Some((1, Instant::now()));
+            Err(e) => {
+                if let Some(not_logged_before) = warnings.take(Instant::now()) {
+                    tracing::warn!(shard = shard.inner.id, error = %e, not_logged_before, "writing indexes failed; will retry");
                 }
-                Some((failures, logged)) => {
-                    *failures += 1;
-                    if logged.elapsed() >= Duration::from_millis(INDEX_FAILURE_LOG_MS) {
-                        tracing::warn!(shard = shard.inner.id, error = %e, failures = *failures, "writing indexes still failing; will retry");
-                        *logged = Instant::now();
-                    }
-                }
-            },
+            }
         }
     }
 }

@@ -11,10 +11,10 @@ use quiver_engine::store::types::StoreError;
 
 use super::Shared;
 use super::clients::notify;
-use crate::log_budget::LogBudget;
 use crate::remoting::codes::{request, response};
 use crate::remoting::{FieldError, RemotingCommand};
 use crate::server::{Connection, Service};
+use quiver_engine::log_budget::LogBudget;
 
 /// Serves one shard thread's connections.
 pub(crate) struct BrokerService {

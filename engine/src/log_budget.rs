@@ -1,7 +1,9 @@
-//! A budget of log lines per interval for messages a peer can trigger at will (refused
-//! requests, say): a client sending garbage as fast as it can must not fill the disk with
-//! the broker's log. Within the budget every occurrence is logged; past it they are counted,
-//! and the first line of the next interval says how many were not logged.
+//! A budget of log lines per interval, for messages that can repeat as fast as something
+//! retries: a client sending requests that are refused, a full disk failing every index write
+//! or segment preparation, accepts failing while descriptors run out. Within the budget every
+//! occurrence is logged; past it they are counted, and the first line of the next interval
+//! says how many were not logged. One mechanism for all of them, so the log stays readable and
+//! cannot fill the disk it reports on.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,17 +21,21 @@ struct State {
     held_back: u64,
 }
 
+impl State {
+    const IDLE: State = State {
+        window_start: None,
+        used: 0,
+        held_back: 0,
+    };
+}
+
 impl LogBudget {
     /// At most `lines_per_interval` lines every `interval`.
     pub const fn new(lines_per_interval: u32, interval: Duration) -> LogBudget {
         LogBudget {
             lines_per_interval,
             interval,
-            state: Mutex::new(State {
-                window_start: None,
-                used: 0,
-                held_back: 0,
-            }),
+            state: Mutex::new(State::IDLE),
         }
     }
 
@@ -51,6 +57,15 @@ impl LogBudget {
         st.used += 1;
         Some(std::mem::take(&mut st.held_back))
     }
+
+    /// Ends a run of occurrences (the failing thing works again): returns whether there was
+    /// one since the last reset, so that its end can be logged, and starts afresh.
+    pub fn reset(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let active = st.window_start.is_some();
+        *st = State::IDLE;
+        active
+    }
 }
 
 #[cfg(test)]
@@ -68,6 +83,10 @@ mod tests {
         // The next interval: logged, and it reports the three held back.
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(budget.take(t1), Some(3));
+        assert_eq!(budget.take(t1), Some(0));
+        // The run ends; a new one starts with a full budget.
+        assert!(budget.reset());
+        assert!(!budget.reset());
         assert_eq!(budget.take(t1), Some(0));
     }
 }
