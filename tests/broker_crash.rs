@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quiver_net::client::RemotingClient;
-use quiver_net::message::decode_messages;
 use quiver_net::remoting::RemotingCommand;
 use quiver_net::remoting::codes::{request, response};
 use support::{Standalone, free_port, write_config};
@@ -79,35 +78,8 @@ async fn read_back(broker: std::net::SocketAddr) -> Acked {
     let client = RemotingClient::connect(broker).await.unwrap();
     let mut stored = Acked::new();
     for queue in 0..QUEUES {
-        let mut offset = 0i64;
-        loop {
-            let pull = RemotingCommand::request(request::PULL_MESSAGE)
-                .with_field("consumerGroup", "checker")
-                .with_field("topic", TOPIC)
-                .with_field("queueId", queue)
-                .with_field("queueOffset", offset)
-                .with_field("maxMsgNums", 256)
-                .with_field("sysFlag", 4)
-                .with_field("commitOffset", 0)
-                .with_field("suspendTimeoutMillis", 0)
-                .with_field("subscription", "*")
-                .with_field("subVersion", 0);
-            let answer = client.invoke(pull, CALL).await.unwrap();
-            match answer.code {
-                response::SUCCESS => {
-                    for m in decode_messages(&answer.body_bytes()).expect("stored messages decode")
-                    {
-                        assert_eq!(m.queue_offset, offset, "queue {queue} has a gap");
-                        stored.insert((queue, m.queue_offset), m.body.to_vec());
-                        offset += 1;
-                    }
-                }
-                response::PULL_NOT_FOUND | response::TOPIC_NOT_EXIST => break,
-                code => panic!(
-                    "pull of queue {queue} at {offset}: {code} {:?}",
-                    answer.remark
-                ),
-            }
+        for m in support::read_queue(&client, TOPIC, queue).await {
+            stored.insert((queue, m.queue_offset), m.body.to_vec());
         }
     }
     stored

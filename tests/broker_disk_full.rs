@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use quiver_net::client::RemotingClient;
-use quiver_net::message::decode_messages;
 use quiver_net::remoting::RemotingCommand;
 use quiver_net::remoting::codes::{request, response};
 use support::{LogLines, Standalone, Tmpfs, free_port};
@@ -135,40 +134,18 @@ async fn send_until_refused(client: &RemotingClient, acked: &mut Vec<Vec<u8>>) -
 
 /// Every message of the queue, in order, must be exactly what was acknowledged.
 async fn assert_all_stored(client: &RemotingClient, acked: &[Vec<u8>], when: &str) {
-    let mut offset = 0i64;
-    loop {
-        let pull = RemotingCommand::request(request::PULL_MESSAGE)
-            .with_field("consumerGroup", "full-checker")
-            .with_field("topic", TOPIC)
-            .with_field("queueId", 0)
-            .with_field("queueOffset", offset)
-            .with_field("maxMsgNums", 64)
-            .with_field("sysFlag", 4)
-            .with_field("commitOffset", 0)
-            .with_field("suspendTimeoutMillis", 0)
-            .with_field("subscription", "*")
-            .with_field("subVersion", 0);
-        let answer = client.invoke(pull, CALL).await.unwrap();
-        match answer.code {
-            response::SUCCESS => {
-                for m in decode_messages(&answer.body_bytes()).expect("stored messages decode") {
-                    assert_eq!(m.queue_offset, offset, "{when}: a gap at {offset}");
-                    let expected = acked.get(offset as usize).unwrap_or_else(|| {
-                        panic!("{when}: offset {offset} holds a message never acknowledged")
-                    });
-                    assert!(
-                        &m.body[..] == expected,
-                        "{when}: message {offset} is corrupt"
-                    );
-                    offset += 1;
-                }
-            }
-            response::PULL_NOT_FOUND => break,
-            code => panic!("{when}: pull at {offset}: {code} {:?}", answer.remark),
-        }
+    let stored = support::read_queue(client, TOPIC, 0).await;
+    for (offset, m) in stored.iter().enumerate() {
+        let expected = acked.get(offset).unwrap_or_else(|| {
+            panic!("{when}: offset {offset} holds a message never acknowledged")
+        });
+        assert!(
+            &m.body[..] == expected,
+            "{when}: message {offset} is corrupt"
+        );
     }
     assert_eq!(
-        offset as usize,
+        stored.len(),
         acked.len(),
         "{when}: acknowledged messages missing"
     );

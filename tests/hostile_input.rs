@@ -16,7 +16,7 @@ use quiver_net::message::decode_messages;
 use quiver_net::remoting::RemotingCommand;
 use quiver_net::remoting::codes::{request, response};
 use quiver_net::remoting::frame::FrameCodec;
-use support::{LogLines, Standalone, free_port, write_config};
+use support::{LogLines, Standalone, free_port, pull, write_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CALL: Duration = Duration::from_secs(10);
@@ -47,20 +47,6 @@ fn send(code: i32, topic: &str, body: impl Into<Bytes>, properties: &str) -> Rem
 
 fn send_v2(topic: &str, body: impl Into<Bytes>, properties: &str) -> RemotingCommand {
     send(request::SEND_MESSAGE_V2, topic, body, properties)
-}
-
-fn pull(topic: &str, offset: i64) -> RemotingCommand {
-    RemotingCommand::request(request::PULL_MESSAGE)
-        .with_field("consumerGroup", "hostile-checker")
-        .with_field("topic", topic)
-        .with_field("queueId", 0)
-        .with_field("queueOffset", offset)
-        .with_field("maxMsgNums", 1)
-        .with_field("sysFlag", 4)
-        .with_field("commitOffset", 0)
-        .with_field("suspendTimeoutMillis", 0)
-        .with_field("subscription", "*")
-        .with_field("subVersion", 0)
 }
 
 /// `length | type + header length | header | body`, with whatever the caller puts in.
@@ -142,7 +128,10 @@ impl Fixture {
             answer.remark
         );
         let offset: i64 = answer.required_parsed("queueOffset").unwrap();
-        let pulled = self.healthy.invoke(pull("healthy", offset), CALL).await;
+        let pulled = self
+            .healthy
+            .invoke(pull("healthy", 0, offset, 1, 0), CALL)
+            .await;
         let pulled = pulled.unwrap_or_else(|e| panic!("after {after}: a pull failed: {e}"));
         assert_eq!(
             pulled.code,
@@ -433,7 +422,7 @@ async fn hostile_input_is_refused_clearly_logged_and_leaves_the_broker_serving()
         .await;
     let pulled = f
         .healthy
-        .invoke(pull("bodies", offset), CALL)
+        .invoke(pull("bodies", 0, offset, 1, 0), CALL)
         .await
         .unwrap();
     assert_eq!(pulled.code, response::SUCCESS);
@@ -510,7 +499,11 @@ async fn hostile_input_is_refused_clearly_logged_and_leaves_the_broker_serving()
         )
         .await;
     assert_eq!(offset, 0, "a refused batch stored messages");
-    let pulled = f.healthy.invoke(pull("batches", 0), CALL).await.unwrap();
+    let pulled = f
+        .healthy
+        .invoke(pull("batches", 0, 0, 1, 0), CALL)
+        .await
+        .unwrap();
     assert_eq!(pulled.code, response::SUCCESS);
     assert_eq!(
         decode_messages(&pulled.body_bytes()).unwrap()[0].body,

@@ -17,7 +17,7 @@ use quiver_net::message::decode_messages;
 use quiver_net::remoting::RemotingCommand;
 use quiver_net::remoting::codes::{request, response};
 use quiver_net::remoting::frame::FrameCodec;
-use support::{Standalone, free_port};
+use support::{Standalone, free_port, pull};
 
 const CALL: Duration = Duration::from_secs(10);
 const MIB: u64 = 1 << 20;
@@ -144,22 +144,6 @@ fn send(topic: &str, queue: i32, body: impl Into<Bytes>) -> RemotingCommand {
         .with_field("g", 0)
         .with_field("h", 0)
         .with_body(body)
-}
-
-fn pull(topic: &str, queue: i32, offset: i64, max: i32, suspend_ms: i64) -> RemotingCommand {
-    // Subscription in the request (4), held if nothing is there (2) when asked to wait.
-    let sys_flag = if suspend_ms > 0 { 4 | 2 } else { 4 };
-    RemotingCommand::request(request::PULL_MESSAGE)
-        .with_field("consumerGroup", "overload-checker")
-        .with_field("topic", topic)
-        .with_field("queueId", queue)
-        .with_field("queueOffset", offset)
-        .with_field("maxMsgNums", max)
-        .with_field("sysFlag", sys_flag)
-        .with_field("commitOffset", 0)
-        .with_field("suspendTimeoutMillis", suspend_ms)
-        .with_field("subscription", "*")
-        .with_field("subVersion", 0)
 }
 
 /// Sends `body` and reads it back at the offset the broker gave it.

@@ -312,3 +312,67 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port in {TEST_PORTS:?}");
 }
+
+/// A `PULL_MESSAGE` of up to `max` messages of `topic`'s queue `queue` from `offset`, with the
+/// subscription (`*`) in the request; held up to `suspend_ms` when nothing is there (0: answered
+/// at once).
+pub fn pull(
+    topic: &str,
+    queue: i32,
+    offset: i64,
+    max: i32,
+    suspend_ms: i64,
+) -> quiver_net::remoting::RemotingCommand {
+    use quiver_net::remoting::RemotingCommand;
+    use quiver_net::remoting::codes::request;
+    // Subscription in the request (4), held if nothing is there (2) when asked to wait.
+    let sys_flag = if suspend_ms > 0 { 4 | 2 } else { 4 };
+    RemotingCommand::request(request::PULL_MESSAGE)
+        .with_field("consumerGroup", "test-checker")
+        .with_field("topic", topic)
+        .with_field("queueId", queue)
+        .with_field("queueOffset", offset)
+        .with_field("maxMsgNums", max)
+        .with_field("sysFlag", sys_flag)
+        .with_field("commitOffset", 0)
+        .with_field("suspendTimeoutMillis", suspend_ms)
+        .with_field("subscription", "*")
+        .with_field("subVersion", 0)
+}
+
+/// Every message of `topic`'s queue `queue`, in order from offset 0; panics on a gap or an
+/// answer other than messages, none, or no such topic.
+pub async fn read_queue(
+    client: &quiver_net::client::RemotingClient,
+    topic: &str,
+    queue: i32,
+) -> Vec<quiver_net::message::DecodedMessage> {
+    use quiver_net::remoting::codes::response;
+    let mut out = Vec::new();
+    loop {
+        let offset = out.len() as i64;
+        let answer = client
+            .invoke(pull(topic, queue, offset, 256, 0), Duration::from_secs(10))
+            .await
+            .expect("a pull answered");
+        match answer.code {
+            response::SUCCESS => {
+                let messages = quiver_net::message::decode_messages(&answer.body_bytes())
+                    .expect("stored messages decode");
+                for m in messages {
+                    assert_eq!(
+                        m.queue_offset,
+                        out.len() as i64,
+                        "queue {queue} of {topic} has a gap"
+                    );
+                    out.push(m);
+                }
+            }
+            response::PULL_NOT_FOUND | response::TOPIC_NOT_EXIST => return out,
+            code => panic!(
+                "pull of queue {queue} of {topic} at {offset}: {code} {:?}",
+                answer.remark
+            ),
+        }
+    }
+}
