@@ -384,34 +384,27 @@ async fn produce(
 /// Creates the soak's topic, waiting for the broker to be known to the name server.
 async fn create_topic(namesrv: &str, queues: i32) -> Result<(), SoakError> {
     let admin = Admin::new([namesrv]).map_err(|e| SoakError::Setup(e.to_string()))?;
-    let deadline = Instant::now() + procs::READY_TIMEOUT;
-    loop {
-        match admin
-            .create_topic(&TopicSpec::new(TOPIC, queues), &BrokerSelector::All)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                return Err(SoakError::Setup(format!("creating the topic: {e}")));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    let spec = TopicSpec::new(TOPIC, queues);
+    settled(|| admin.create_topic(&spec, &BrokerSelector::All))
+        .await
+        .map_err(|e| SoakError::Setup(format!("creating the topic: {e}")))?;
+    Ok(())
 }
 
-/// Calls `op` until it succeeds or [`procs::READY_TIMEOUT`] passes: the last fault may have
-/// just happened (a name server restarted a moment ago knows no route until the broker's next
-/// registration; a broker restarted a moment ago may still be recovering).
-async fn settled<T, F, Fut>(mut op: F) -> Result<T, SoakError>
+/// Calls `op` until it succeeds or [`procs::READY_TIMEOUT`] passes: a process may have just
+/// started (a broker not yet registered), or the last fault just happened (a name server
+/// restarted a moment ago knows no route until the broker's next registration; a broker
+/// restarted a moment ago may still be recovering). Gives the last error.
+async fn settled<T, E, F, Fut>(mut op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, MqError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + procs::READY_TIMEOUT;
     loop {
         match op().await {
             Ok(value) => return Ok(value),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
