@@ -128,6 +128,10 @@ pub struct ProbeArgs {
     /// Shards of the store (with `--queues`).
     #[arg(long, default_value_t = 2)]
     shards: usize,
+    /// First queue id (with `--queues`): a run given a base no earlier run used starts on
+    /// brand-new queues, all its appenders racing for each one's first append.
+    #[arg(long, default_value_t = 0)]
+    queue_base: u32,
 }
 
 pub fn run(cmd: StoreCommand) -> anyhow::Result<()> {
@@ -254,7 +258,7 @@ async fn probe_store(args: ProbeArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for _ in 0..args.appenders {
         let (store, stdout, next) = (store.clone(), Rc::clone(&stdout), Rc::clone(&next));
-        let (run, max_body, queues) = (args.run, args.max_body, args.queues);
+        let (run, max_body, queues, base) = (args.run, args.max_body, args.queues, args.queue_base);
         tasks.push(compio::runtime::spawn(async move {
             loop {
                 let seq = next.get();
@@ -262,7 +266,7 @@ async fn probe_store(args: ProbeArgs) -> anyhow::Result<()> {
                     return Ok::<(), anyhow::Error>(());
                 }
                 next.set(seq + 1);
-                let queue = (seq % u64::from(queues)) as u32;
+                let queue = base.saturating_add((seq % u64::from(queues)) as u32);
                 let message = Message {
                     keys: probe::keys(run, seq).into(),
                     body: probe::body(run, seq, max_body).into(),

@@ -85,7 +85,10 @@ fn files_named(root: &Path, pick: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
 fn a_lost_index_checkpoint_rebuilds_everything_from_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path());
-    for f in files_named(dir.path(), |p| p.ends_with("index.checkpoint")) {
+    for f in files_named(dir.path(), |p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("index-checkpoint."))
+    }) {
         std::fs::remove_file(f).unwrap();
     }
     assert_rebuilt(dir.path());

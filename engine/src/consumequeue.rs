@@ -106,8 +106,12 @@ pub(crate) struct ConsumeQueue {
     writing: bool,
     /// Files written since the last sync.
     unsynced: Vec<File>,
+    /// A file was created since the last sync: the directory needs one too.
+    created_file: bool,
     /// No entry yet: the first one pushed sets the starting offset.
     empty: bool,
+    /// Log position just past the last entry's record, if there is one.
+    last_entry_end: Option<u64>,
 }
 
 /// A file name is its first queue offset, 20 digits, like a segment.
@@ -138,9 +142,29 @@ async fn read_entries(file: &File, index: u64, count: usize) -> io::Result<Vec<C
 }
 
 impl ConsumeQueue {
+    /// The index of a queue that has none on disk yet: no I/O (the caller makes `dir`).
+    pub(crate) fn new_empty(dir: &Path, file_entries: u64) -> ConsumeQueue {
+        ConsumeQueue {
+            dir: dir.to_path_buf(),
+            file_entries,
+            files: BTreeMap::new(),
+            min_offset: 0,
+            written: 0,
+            unwritten: VecDeque::new(),
+            writing: false,
+            unsynced: Vec::new(),
+            created_file: false,
+            empty: true,
+            last_entry_end: None,
+        }
+    }
+
     /// Opens the index in `dir`, keeping only entries whose records start before `keep_below`
     /// (what the shard's index checkpoint vouches for) and are valid; the rest is truncated,
     /// to be re-added from the log. Says from where the log must be re-read for this queue.
+    ///
+    /// It may delete and truncate files, so it is only for an index nothing holds open: the
+    /// shard calls it while opening, and for a queue it is creating (single-flight).
     pub(crate) async fn open(
         dir: &Path,
         file_entries: u64,
@@ -156,17 +180,7 @@ impl ConsumeQueue {
             }
         }
         found.sort_unstable();
-        let mut queue = ConsumeQueue {
-            dir: dir.to_path_buf(),
-            file_entries,
-            files: BTreeMap::new(),
-            min_offset: 0,
-            written: 0,
-            unwritten: VecDeque::new(),
-            writing: false,
-            unsynced: Vec::new(),
-            empty: true,
-        };
+        let mut queue = ConsumeQueue::new_empty(dir, file_entries);
         // Every file but the last must be full and followed by the next: a hole means entries
         // the checkpoint vouches for are gone, and only the whole log can restore them.
         let continuous = found.windows(2).all(|w| {
@@ -220,6 +234,7 @@ impl ConsumeQueue {
             queue.written = first + keep as u64;
             queue.min_offset = *queue.files.keys().next().unwrap_or(&first);
             queue.empty = false;
+            queue.last_entry_end = entries.get(keep - 1).map(CqEntry::end);
             break;
         }
         if state == Opened::Broken {
@@ -229,6 +244,7 @@ impl ConsumeQueue {
             queue.written = 0;
             queue.min_offset = 0;
             queue.empty = true;
+            queue.last_entry_end = None;
         }
         Ok((queue, state))
     }
@@ -248,6 +264,24 @@ impl ConsumeQueue {
         self.empty
     }
 
+    /// Log position just past the record of the last entry, if there is an entry.
+    pub(crate) fn last_entry_end(&self) -> Option<u64> {
+        self.last_entry_end
+    }
+
+    /// Gives a queue without entries its offsets: the next message gets `offset` (a queue whose
+    /// records are all gone from the log, restored from the index checkpoint).
+    pub(crate) fn position_at(&mut self, offset: u64) {
+        assert!(
+            self.empty,
+            "positioning a queue that has entries: {:?} at {offset}",
+            self.dir
+        );
+        self.empty = false;
+        self.written = offset;
+        self.min_offset = offset;
+    }
+
     /// Appends the entry for `offset`, which must be [`Self::max_offset`] (or anything, for a
     /// queue without entries, whose offsets then start there).
     pub(crate) fn push(&mut self, offset: u64, entry: CqEntry) -> Result<(), u64> {
@@ -260,6 +294,7 @@ impl ConsumeQueue {
             return Err(self.max_offset());
         }
         self.unwritten.push_back(entry);
+        self.last_entry_end = Some(entry.end());
         Ok(())
     }
 
@@ -351,6 +386,7 @@ impl ConsumeQueue {
         let mut q = cell.borrow_mut();
         if let Some(file) = created {
             q.files.insert(first, file);
+            q.created_file = true;
         }
         let at = q.written;
         let room = (q.file_end(first) - at) as usize;
@@ -380,9 +416,11 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Files written since the last call, to be synced by the caller.
-    pub(crate) fn take_unsynced(&mut self) -> Vec<File> {
-        std::mem::take(&mut self.unsynced)
+    /// Files written since the last call, to be synced by the caller, and the index's
+    /// directory if a file was created in it meanwhile (its entry to be synced too).
+    pub(crate) fn take_unsynced(&mut self) -> (Vec<File>, Option<PathBuf>) {
+        let dir = std::mem::take(&mut self.created_file).then(|| self.dir.clone());
+        (std::mem::take(&mut self.unsynced), dir)
     }
 
     /// Reads up to `count` entries from `from` (clamped to what exists).
@@ -400,12 +438,14 @@ impl ConsumeQueue {
         Ok(out)
     }
 
-    /// Raises the minimum offset past entries whose records are below `log_start`, and deletes
+    /// Raises the minimum offset past entries whose records are below `log_start`, and gives up
     /// files holding only such entries (never the last file, which keeps the queue's offsets).
+    /// Returns their paths: the caller deletes them once an index checkpoint with the new
+    /// minimum is durable, so that the files on disk never start after what it vouches for.
     pub(crate) async fn retire_below(
         cell: &std::cell::RefCell<ConsumeQueue>,
         log_start: u64,
-    ) -> io::Result<()> {
+    ) -> io::Result<Vec<PathBuf>> {
         // Binary search for the first offset whose record is at or after `log_start`.
         let (mut lo, mut hi) = {
             let q = cell.borrow();
@@ -435,10 +475,10 @@ impl ConsumeQueue {
             doomed
         };
         let dir = cell.borrow().dir.clone();
-        for first in doomed {
-            compio::fs::remove_file(dir.join(file_name(first))).await?;
-        }
-        Ok(())
+        Ok(doomed
+            .into_iter()
+            .map(|first| dir.join(file_name(first)))
+            .collect())
     }
 }
 
@@ -596,20 +636,20 @@ mod tests {
         }
         ConsumeQueue::write_pending(&q).await.unwrap();
         // Records of entries 0..=9 are gone (entry 10 starts at 3000).
-        ConsumeQueue::retire_below(&q, 3000).await.unwrap();
+        let doomed = ConsumeQueue::retire_below(&q, 3000).await.unwrap();
         assert_eq!(q.borrow().min_offset(), 10);
         assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            2,
-            "file 0..8 deleted"
+            doomed,
+            vec![dir.path().join(file_name(0))],
+            "file 0..8 given up"
         );
         assert_eq!(
             ConsumeQueue::entries(&q, 0, 3).await.unwrap(),
             (10..13).map(entry).collect::<Vec<_>>()
         );
         // Everything gone: the last file stays so the offsets are kept.
-        ConsumeQueue::retire_below(&q, 1 << 40).await.unwrap();
+        let doomed = ConsumeQueue::retire_below(&q, 1 << 40).await.unwrap();
         assert_eq!((q.borrow().min_offset(), q.borrow().max_offset()), (20, 20));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(doomed, vec![dir.path().join(file_name(8))]);
     }
 }

@@ -137,3 +137,14 @@ pub fn key_index_decoder(data: &[u8]) {
         assert!(view.lookup(hash).take(count + 1).count() <= count);
     }
 }
+
+/// Index-checkpoint decoder: any bytes are accepted or refused without panicking; an accepted
+/// checkpoint encodes again to bytes that decode to the same checkpoint.
+pub fn index_checkpoint_decoder(data: &[u8]) {
+    use crate::store::index_checkpoint::{decode, encode};
+    let Ok((sequence, checkpoint)) = decode(data) else {
+        return;
+    };
+    let again = encode(sequence, &checkpoint);
+    assert_eq!(decode(&again), Ok((sequence, checkpoint)));
+}

@@ -45,3 +45,11 @@ fn key_index_decode_corpus() {
         quiver_engine::fuzz_checks::key_index_decoder,
     );
 }
+
+#[test]
+fn index_checkpoint_decode_corpus() {
+    replay(
+        "index_checkpoint_decode",
+        quiver_engine::fuzz_checks::index_checkpoint_decoder,
+    );
+}

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod index_checkpoint;
 pub mod shard;
 pub mod types;
 
@@ -53,6 +54,10 @@ use crate::error::OpenError;
 use crate::record::Record;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Which shard owns each queue. Shards enter and remove their own queues, in the same step as
+/// they create or delete them; a caller places a queue not yet created by hash.
+pub(crate) type Routes = Arc<RwLock<HashMap<QueueId, u16>>>;
 
 /// A request for a shard thread.
 enum Request {
@@ -354,7 +359,7 @@ pub struct Store {
 struct StoreInner {
     workers: Vec<Worker>,
     shard_count: u16,
-    routes: RwLock<HashMap<QueueId, u16>>,
+    routes: Routes,
     recoveries: Vec<ShardRecovery>,
 }
 
@@ -401,6 +406,7 @@ impl Store {
         })?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let config = Arc::new(config);
+        let routes = Routes::default();
         let mut workers = Vec::with_capacity(threads);
         let mut ready = Vec::with_capacity(threads);
         for thread in 0..threads {
@@ -409,11 +415,11 @@ impl Store {
                 .collect();
             let (tx, rx) = flume::bounded(config.request_queue_depth);
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let (root, config) = (root.clone(), Arc::clone(&config));
+            let (root, config, routes) = (root.clone(), Arc::clone(&config), Arc::clone(&routes));
             let core = (config.pin_threads).then_some(thread % cores);
             let join = std::thread::Builder::new()
                 .name(format!("quiver-shard-{thread}"))
-                .spawn(move || run_thread(core, shards, root, config, rx, ready_tx))
+                .spawn(move || run_thread(core, shards, root, config, routes, rx, ready_tx))
                 .map_err(OpenError::io("starting a shard thread"))?;
             workers.push(Worker {
                 tx,
@@ -421,17 +427,11 @@ impl Store {
             });
             ready.push(ready_rx);
         }
-        let mut routes = HashMap::new();
         let mut recoveries = Vec::new();
         let mut failure = None;
         for ready_rx in ready {
             match ready_rx.recv() {
-                Ok(Ok(opened)) => {
-                    for (shard, queues, recovery) in opened {
-                        routes.extend(queues.into_iter().map(|q| (q, shard)));
-                        recoveries.push(recovery);
-                    }
-                }
+                Ok(Ok(opened)) => recoveries.extend(opened),
                 Ok(Err(e)) => failure = failure.or(Some(e)),
                 Err(_) => {
                     failure = failure.or(Some(OpenError::Io {
@@ -445,7 +445,7 @@ impl Store {
             inner: Arc::new(StoreInner {
                 workers,
                 shard_count,
-                routes: RwLock::new(routes),
+                routes,
                 recoveries,
             }),
         };
@@ -712,10 +712,6 @@ impl Store {
                 })
                 .await?;
             total += deleted.len();
-            let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
-            for id in deleted {
-                routes.remove(&id);
-            }
         }
         Ok(total)
     }
@@ -783,13 +779,14 @@ impl Store {
     }
 }
 
-type Opened = Vec<(u16, Vec<QueueId>, ShardRecovery)>;
+type Opened = Vec<ShardRecovery>;
 
 fn run_thread(
     core: Option<usize>,
     shard_ids: Vec<u16>,
     root: PathBuf,
     config: Arc<StoreConfig>,
+    routes: Routes,
     rx: flume::Receiver<Request>,
     ready: std::sync::mpsc::Sender<Result<Opened, OpenError>>,
 ) {
@@ -811,9 +808,10 @@ fn run_thread(
         let mut shards = HashMap::new();
         let mut opened = Vec::new();
         for id in shard_ids {
-            match Shard::open(id, &shard_dir(&root, id), Arc::clone(&config)).await {
+            let routes = Arc::clone(&routes);
+            match Shard::open(id, &shard_dir(&root, id), Arc::clone(&config), routes).await {
                 Ok((shard, recovery)) => {
-                    opened.push((id, shard.queue_ids(), recovery));
+                    opened.push(recovery);
                     shards.insert(id, shard);
                 }
                 Err(e) => {

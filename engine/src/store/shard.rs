@@ -5,15 +5,22 @@
 //! log order. Placed batches wait in a FIFO until the log says they are readable (durable in
 //! sync mode, at once in async mode); the dispatch then adds them to the offset indexes and the
 //! key index, in log order, and wakes long-polling readers. Indexes are written behind, and an
-//! index checkpoint records the log position below which they are complete on disk: after a
-//! crash they are truncated to it and rebuilt from the log, so they never point at a record the
-//! log lost and never miss one it kept.
+//! index checkpoint records the log position below which they are complete on disk and what
+//! each queue's index held there: after a crash they are truncated to it, checked against it
+//! and rebuilt from the log (`recovery`), so they never point at a record the log lost and
+//! never miss one it kept.
+//!
+//! A queue is created once however many callers race for it: the first caller makes its
+//! directory durable while later ones wait for it (single-flight), and a topic's deletion and
+//! its queues' creation never interleave.
 //!
 //! Directory layout: `commitlog/`, `consumequeue/<topic>/<queue id>/<first offset>`,
-//! `index/<first log position>`, `index.checkpoint`.
+//! `index/<first log position>`, `index-checkpoint.0` and `.1`.
+
+mod recovery;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,13 +28,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use event_listener::Event;
-use zerocopy::little_endian::U64;
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use super::Routes;
+use super::index_checkpoint::{CheckpointFiles, IndexCheckpoint, QueueRange};
 use super::types::{
     Appended, Message, MessagePos, QueueOffsets, ReadOutcome, StoreError, StoredMessage, TagFilter,
 };
-use crate::checkpoint::{SlotFile, SlotRecord};
 use crate::commitlog::{CommitLog, TryAppendError};
 use crate::config::StoreConfig;
 use crate::consumequeue::{ConsumeQueue, CqEntry, Opened};
@@ -54,21 +60,6 @@ pub const READ_BYTES_MAX: usize = 16 << 20;
 
 /// Most messages one key query returns.
 pub const QUERY_KEY_RESULTS_MAX: usize = 4096;
-
-/// Name of the index checkpoint file in a shard directory.
-const INDEX_CHECKPOINT_FILE: &str = "index.checkpoint";
-
-/// The index checkpoint: every record below `dispatched_pos` is in the offset indexes on disk.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
-#[repr(C)]
-struct IndexCheckpoint {
-    dispatched_pos: U64,
-}
-
-impl SlotRecord for IndexCheckpoint {
-    const MAGIC: [u8; 4] = *b"QVIX";
-    const VERSION: u32 = 1;
-}
 
 /// A queue: topic and queue id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -179,7 +170,18 @@ struct ShardInner {
     dir: PathBuf,
     config: Arc<StoreConfig>,
     log: CommitLog,
+    /// The store's queue → shard table: this shard enters its queues as it creates them and
+    /// removes them as it deletes them, in the same step as its own map.
+    routes: Routes,
     queues: RefCell<HashMap<QueueId, Rc<QueueState>>>,
+    /// Queues being created: later callers wait for the first.
+    creating: RefCell<HashMap<QueueId, Rc<Creation>>>,
+    /// Topics being deleted: their queues are not created until the deletion is over.
+    deleting: RefCell<HashSet<Bytes>>,
+    /// Notified when a deletion is over.
+    deletions: Event,
+    /// Deleted topics, and the log position below which their records are the deleted life's.
+    deleted_topics: RefCell<HashMap<Bytes, u64>>,
     pending: RefCell<VecDeque<PendingBatch>>,
     /// Notified when a batch is placed.
     placed: Event,
@@ -188,10 +190,52 @@ struct ShardInner {
     /// Queues with entries not yet written.
     dirty: RefCell<Vec<Rc<QueueState>>>,
     keys: RefCell<KeyIndexes>,
-    index_checkpoint: RefCell<Option<SlotFile<IndexCheckpoint>>>,
+    index_checkpoint: RefCell<Option<CheckpointFiles>>,
+    /// The position the last stored index checkpoint is for.
+    checkpointed: Cell<Option<u64>>,
+    /// Queues were created, deleted, positioned or trimmed since the last checkpoint.
+    layout_changed: Cell<bool>,
+    /// Offset-index files given up by retention, deleted once a checkpoint no longer needs them.
+    retired_files: RefCell<Vec<PathBuf>>,
     /// One index write at a time (the periodic writer, `close`, open).
     index_writing: futures_util::lock::Mutex<()>,
     closed: Cell<bool>,
+}
+
+/// A queue being created by its first caller.
+struct Creation {
+    done: Event,
+    finished: Cell<bool>,
+    failed: RefCell<Option<StoreError>>,
+}
+
+impl Creation {
+    fn new() -> Creation {
+        Creation {
+            done: Event::new(),
+            finished: Cell::new(false),
+            failed: RefCell::new(None),
+        }
+    }
+
+    fn finish(&self, failed: Option<StoreError>) {
+        *self.failed.borrow_mut() = failed;
+        self.finished.set(true);
+        self.done.notify(usize::MAX);
+    }
+
+    async fn wait(&self) {
+        let listener = self.done.listen();
+        if !self.finished.get() {
+            listener.await;
+        }
+    }
+}
+
+/// An index checkpoint to store, and the retired index files it lets go.
+struct Snapshot {
+    checkpoint: IndexCheckpoint,
+    retired: Vec<PathBuf>,
 }
 
 /// What reopening a shard found.
@@ -199,12 +243,14 @@ struct ShardInner {
 pub struct ShardRecovery {
     /// The log's recovery.
     pub log: crate::RecoveryReport,
-    /// Where the indexes were complete on disk.
+    /// Where the index checkpoint said the indexes were complete on disk (0: none found).
     pub index_checkpoint: u64,
     /// Records re-added to the offset indexes from the log.
     pub redispatched: u64,
-    /// Queues whose offset index had a gap and was rebuilt from the log start.
+    /// Queues whose offset index had lost entries and was rebuilt from the log start.
     pub rebuilt_queues: usize,
+    /// No index checkpoint was found: every offset index was rebuilt from the log start.
+    pub rebuilt_all: bool,
 }
 
 fn io_open(op: &'static str) -> impl FnOnce(std::io::Error) -> OpenError {
@@ -212,215 +258,6 @@ fn io_open(op: &'static str) -> impl FnOnce(std::io::Error) -> OpenError {
 }
 
 impl Shard {
-    /// Opens (recovering) the shard in `dir`.
-    pub(crate) async fn open(
-        id: u16,
-        dir: &Path,
-        config: Arc<StoreConfig>,
-    ) -> Result<(Shard, ShardRecovery), OpenError> {
-        let (log, log_report) = CommitLog::open(dir.join("commitlog"), config.log.clone()).await?;
-        let (cp_file, cp) = SlotFile::<IndexCheckpoint>::open(&dir.join(INDEX_CHECKPOINT_FILE))
-            .await
-            .map_err(io_open("reading the index checkpoint"))?;
-        let positions = log.positions();
-        let (start, end) = (positions.start, positions.readable);
-        let checkpoint = cp.map_or(0, |c| c.dispatched_pos.get());
-        let keep_below = checkpoint.min(end);
-        let mut redispatch_from = keep_below;
-        let mut broken = Vec::new();
-
-        let max_record = config.log.max_record_bytes as u32;
-        let mut queues = HashMap::new();
-        let cq_root = dir.join("consumequeue");
-        std::fs::create_dir_all(&cq_root)
-            .map_err(io_open("creating the offset index directory"))?;
-        for (queue_id, path) in
-            list_queue_dirs(&cq_root).map_err(io_open("listing offset indexes"))?
-        {
-            let (cq, opened) =
-                ConsumeQueue::open(&path, config.cq_file_entries, max_record, keep_below)
-                    .await
-                    .map_err(io_open("opening an offset index"))?;
-            match opened {
-                Opened::Intact => {}
-                Opened::ResumeFrom(pos) => redispatch_from = redispatch_from.min(pos),
-                Opened::Broken => broken.push(queue_id.clone()),
-            }
-            queues.insert(queue_id.clone(), new_queue(queue_id, cq));
-        }
-
-        let key_dir = dir.join("index");
-        std::fs::create_dir_all(&key_dir).map_err(io_open("creating the key index directory"))?;
-        let (sealed, key_from) = open_sealed_key_indexes(&key_dir, start, end).await?;
-        let keys = KeyIndexes {
-            dir: key_dir,
-            slots: config.key_index_slots,
-            entries: config.key_index_entries as usize,
-            active: ActiveKeyIndex::new(
-                config.key_index_slots,
-                config.key_index_entries as usize,
-                key_from,
-            ),
-            sealing: VecDeque::new(),
-            sealed,
-        };
-
-        let inner = Rc::new(ShardInner {
-            id,
-            dir: dir.to_path_buf(),
-            config,
-            log,
-            queues: RefCell::new(queues),
-            pending: RefCell::new(VecDeque::new()),
-            placed: Event::new(),
-            dispatched: Cell::new(end),
-            dirty: RefCell::new(Vec::new()),
-            keys: RefCell::new(keys),
-            index_checkpoint: RefCell::new(Some(cp_file)),
-            index_writing: futures_util::lock::Mutex::new(()),
-            closed: Cell::new(false),
-        });
-        let shard = Shard { inner };
-        let (redispatched, rebuilt_queues) = shard
-            .rebuild_indexes(redispatch_from.max(start), key_from, start, broken)
-            .await?;
-        for queue in shard.inner.queues.borrow().values() {
-            queue.assigned.set(queue.cq.borrow().max_offset());
-        }
-        shard
-            .retire_indexes_below(start)
-            .await
-            .map_err(|e| OpenError::Io {
-                op: "trimming offset indexes",
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        // Entries that cannot be written now (a full disk) stay in memory, readable, and the
-        // index writer retries them; the index checkpoint stays behind until they are written,
-        // so a crash meanwhile rebuilds them again. A shard must open on a full disk.
-        if let Err(e) = shard.write_indexes(true).await {
-            tracing::warn!(
-                shard = id,
-                error = %e,
-                "opening a shard: rebuilt indexes not written; kept in memory, will retry"
-            );
-        }
-        compio::runtime::spawn(dispatcher(Rc::clone(&shard.inner))).detach();
-        compio::runtime::spawn(index_writer(Rc::clone(&shard.inner))).detach();
-        compio::runtime::spawn(retention(Rc::clone(&shard.inner))).detach();
-        let recovery = ShardRecovery {
-            log: log_report,
-            index_checkpoint: checkpoint,
-            redispatched,
-            rebuilt_queues,
-        };
-        tracing::info!(shard = id, ?recovery.index_checkpoint, redispatched, rebuilt_queues, "shard open");
-        Ok((shard, recovery))
-    }
-
-    /// Re-adds records from the log: to the offset indexes from `cq_from` (records a queue's
-    /// index already has are skipped), to the active key index from `key_from`. A queue whose
-    /// offsets do not follow on (its index lost entries the checkpoint vouched for), or already
-    /// `broken`, is rebuilt from the log start. Returns (records re-added, queues rebuilt).
-    async fn rebuild_indexes(
-        &self,
-        cq_from: u64,
-        key_from: u64,
-        log_start: u64,
-        mut broken: Vec<QueueId>,
-    ) -> Result<(u64, usize), OpenError> {
-        let corrupt = |e: ReadError| OpenError::Io {
-            op: "rebuilding indexes from the log",
-            source: std::io::Error::other(e.to_string()),
-        };
-        let mut scanner = self.inner.log.scan(cq_from.min(key_from));
-        let mut redispatched = 0;
-        while let Some(record) = scanner.next().await.map_err(corrupt)? {
-            let pos = record.log_pos();
-            if pos >= cq_from {
-                let queue = self.queue_for_rebuild(&record).await?;
-                let offset = record.header().queue_offset.get();
-                let has = queue.cq.borrow().max_offset();
-                let already_there = !queue.cq.borrow().is_empty() && offset < has;
-                if !already_there && !broken.contains(&queue.id) {
-                    if self.push_entry(&queue, &record).is_err() {
-                        broken.push(queue.id.clone());
-                    } else {
-                        redispatched += 1;
-                    }
-                }
-            }
-            if pos >= key_from {
-                self.index_keys(&record);
-            }
-        }
-        for id in &broken {
-            tracing::warn!(shard = self.inner.id, topic = ?id.topic, queue = id.queue_id, "offset index has a gap; rebuilding it from the log start");
-            self.reset_queue(id).await?;
-        }
-        if !broken.is_empty() {
-            let mut scanner = self.inner.log.scan(log_start);
-            while let Some(record) = scanner.next().await.map_err(corrupt)? {
-                let id = QueueId {
-                    topic: record.topic(),
-                    queue_id: record.header().queue_id.get(),
-                };
-                if broken.contains(&id) {
-                    let mut queue = self.queue_for_rebuild(&record).await?;
-                    let offset = record.header().queue_offset.get();
-                    if !queue.cq.borrow().is_empty() && offset < queue.cq.borrow().max_offset() {
-                        // Offsets start again: the topic was deleted and created anew, and
-                        // only its last life counts.
-                        self.reset_queue(&id).await?;
-                        queue = self.queue_for_rebuild(&record).await?;
-                    }
-                    // Offsets below the log start are gone: the index starts at the first kept.
-                    if let Err(expected) = self.push_entry(&queue, &record) {
-                        return Err(OpenError::Layout {
-                            dir: self.inner.dir.display().to_string(),
-                            problem: format!(
-                                "queue offsets in the log do not follow on: expected {expected}, found {} at {}",
-                                record.header().queue_offset.get(),
-                                record.log_pos()
-                            ),
-                        });
-                    }
-                }
-            }
-        }
-        Ok((redispatched, broken.len()))
-    }
-
-    /// Replaces a queue's offset index with an empty one (during recovery).
-    async fn reset_queue(&self, id: &QueueId) -> Result<(), OpenError> {
-        let path = self.queue_dir(id);
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(io_open("removing a broken offset index"))?;
-        }
-        let (cq, _) = ConsumeQueue::open(
-            &path,
-            self.inner.config.cq_file_entries,
-            self.inner.config.log.max_record_bytes as u32,
-            0,
-        )
-        .await
-        .map_err(io_open("recreating an offset index"))?;
-        self.inner.dirty.borrow_mut().retain(|q| q.id != *id);
-        self.inner
-            .queues
-            .borrow_mut()
-            .insert(id.clone(), new_queue(id.clone(), cq));
-        Ok(())
-    }
-
-    async fn queue_for_rebuild(&self, record: &Record) -> Result<Rc<QueueState>, OpenError> {
-        self.queue_or_create(&record.topic(), record.header().queue_id.get())
-            .await
-            .map_err(|e| OpenError::Io {
-                op: "creating an offset index",
-                source: std::io::Error::other(e.to_string()),
-            })
-    }
-
     /// Adds a record's entry to its queue's index (marking the queue dirty).
     fn push_entry(&self, queue: &Rc<QueueState>, record: &Record) -> Result<(), u64> {
         let h = record.header();
@@ -457,8 +294,10 @@ impl Shard {
             .join(id.queue_id.to_string())
     }
 
-    /// The queue, created (its directory made durable first: that records this shard owns it)
-    /// if new.
+    /// The queue, created if new. Creation is single-flight: the first caller makes the
+    /// queue's directory durable (that records this shard owns it) and enters the queue; every
+    /// caller that arrives meanwhile waits for it and gets the same queue. A queue of a topic
+    /// being deleted is created only once the deletion is over.
     pub(crate) async fn queue_or_create(
         &self,
         topic: &[u8],
@@ -474,31 +313,100 @@ impl Shard {
                 topic.len()
             )));
         }
-        let path = self.queue_dir(&id);
-        let created = !path.exists();
-        std::fs::create_dir_all(&path).map_err(StoreError::io("creating an offset index"))?;
-        if created {
-            for dir in path.ancestors().skip(1).take(2) {
-                sync_dir(dir)
-                    .await
-                    .map_err(StoreError::io("syncing the offset index directory"))?;
+        loop {
+            if let Some(queue) = self.inner.queues.borrow().get(&id) {
+                return Ok(Rc::clone(queue));
             }
+            if self.inner.deleting.borrow().contains(&id.topic) {
+                let listener = self.inner.deletions.listen();
+                if self.inner.deleting.borrow().contains(&id.topic) {
+                    listener.await;
+                }
+                continue;
+            }
+            let in_flight = self.inner.creating.borrow().get(&id).cloned();
+            if let Some(creation) = in_flight {
+                creation.wait().await;
+                if let Some(e) = creation.failed.borrow().clone() {
+                    return Err(e);
+                }
+                continue;
+            }
+            let creation = Rc::new(Creation::new());
+            self.inner
+                .creating
+                .borrow_mut()
+                .insert(id.clone(), Rc::clone(&creation));
+            let made = self.make_queue_index(&id).await;
+            // A deletion of the topic meanwhile disowns the creation: start again after it.
+            let still_ours = {
+                let mut creating = self.inner.creating.borrow_mut();
+                let ours = creating.get(&id).is_some_and(|c| Rc::ptr_eq(c, &creation));
+                if ours {
+                    creating.remove(&id);
+                }
+                ours
+            };
+            if !still_ours {
+                creation.finish(None);
+                continue;
+            }
+            return match made {
+                Ok(cq) => {
+                    let queue = new_queue(id, cq);
+                    self.enter_queue(Rc::clone(&queue));
+                    creation.finish(None);
+                    Ok(queue)
+                }
+                Err(e) => {
+                    creation.finish(Some(e.clone()));
+                    Err(e)
+                }
+            };
         }
-        let (cq, _) = ConsumeQueue::open(
-            &path,
-            self.inner.config.cq_file_entries,
-            self.inner.config.log.max_record_bytes as u32,
-            u64::MAX,
-        )
-        .await
-        .map_err(StoreError::io("opening an offset index"))?;
-        // Another append may have created it while this one waited.
-        let mut queues = self.inner.queues.borrow_mut();
-        Ok(Rc::clone(
-            queues
-                .entry(id.clone())
-                .or_insert_with(|| new_queue(id, cq)),
-        ))
+    }
+
+    /// Makes a new queue's index directory durable and returns its (empty) index. A directory
+    /// already there belongs to no queue of this shard (a failed creation, a deletion that
+    /// failed half-way): whatever it holds is not this queue's and is emptied.
+    async fn make_queue_index(&self, id: &QueueId) -> Result<ConsumeQueue, StoreError> {
+        let path = self.queue_dir(id);
+        let existed = path.exists();
+        std::fs::create_dir_all(&path).map_err(StoreError::io("creating an offset index"))?;
+        for dir in path.ancestors().skip(1).take(2) {
+            sync_dir(dir)
+                .await
+                .map_err(StoreError::io("syncing the offset index directory"))?;
+        }
+        let file_entries = self.inner.config.cq_file_entries;
+        if !existed {
+            return Ok(ConsumeQueue::new_empty(&path, file_entries));
+        }
+        let max_record = self.inner.config.log.max_record_bytes as u32;
+        let (cq, _) = ConsumeQueue::open(&path, file_entries, max_record, 0)
+            .await
+            .map_err(StoreError::io("opening an offset index"))?;
+        Ok(cq)
+    }
+
+    /// Enters a queue in this shard's map and the store's routes, in one step.
+    fn enter_queue(&self, queue: Rc<QueueState>) {
+        self.inner
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.id.clone(), self.inner.id);
+        let previous = self
+            .inner
+            .queues
+            .borrow_mut()
+            .insert(queue.id.clone(), queue);
+        assert!(
+            previous.is_none(),
+            "queue {:?} entered twice",
+            previous.map(|q| q.id.clone())
+        );
+        self.inner.layout_changed.set(true);
     }
 
     /// Appends messages to one queue; completes when they are stored as the flush mode defines.
@@ -607,7 +515,23 @@ impl Shard {
     /// syncs them and advances the index checkpoint.
     pub(crate) async fn write_indexes(&self, checkpoint: bool) -> Result<(), StoreError> {
         let _writing = self.inner.index_writing.lock().await;
-        let upto = self.inner.dispatched.get();
+        let snapshot = if checkpoint {
+            self.checkpoint_snapshot()
+        } else {
+            None
+        };
+        match (self.write_entries().await, snapshot) {
+            (Ok(()), Some(snapshot)) => self.store_checkpoint(snapshot).await,
+            (Err(e), Some(snapshot)) => {
+                self.give_back(snapshot);
+                Err(e)
+            }
+            (result, None) => result,
+        }
+    }
+
+    /// Writes the offset-index entries held in memory and seals full key indexes.
+    async fn write_entries(&self) -> Result<(), StoreError> {
         let mut dirty = std::mem::take(&mut *self.inner.dirty.borrow_mut());
         dirty.retain(|q| !q.deleted.get());
         for (i, queue) in dirty.iter().enumerate() {
@@ -639,28 +563,110 @@ impl Shard {
             }
             self.inner.keys.borrow_mut().sealing.pop_front();
         }
-        if checkpoint {
-            let files: Vec<_> = self
-                .inner
-                .queues
-                .borrow()
-                .values()
-                .flat_map(|q| q.cq.borrow_mut().take_unsynced())
-                .collect();
-            for file in files {
+        Ok(())
+    }
+
+    /// What the next index checkpoint says, taken in one step with the position it is for
+    /// (every entry below it is in memory, in order): `None` if nothing changed since the last.
+    fn checkpoint_snapshot(&self) -> Option<Snapshot> {
+        let upto = self.inner.dispatched.get();
+        let changed = self.inner.layout_changed.replace(false);
+        if !changed && self.inner.checkpointed.get() == Some(upto) {
+            return None;
+        }
+        let queues = self
+            .inner
+            .queues
+            .borrow()
+            .iter()
+            .map(|(id, queue)| {
+                let cq = queue.cq.borrow();
+                let range = QueueRange {
+                    min: cq.min_offset(),
+                    max: cq.max_offset(),
+                };
+                (id.clone(), range)
+            })
+            .collect();
+        // A deleted life is forgotten once retention has taken every record it could have.
+        let start = self.inner.log.positions().start;
+        let deleted = {
+            let mut deleted = self.inner.deleted_topics.borrow_mut();
+            deleted.retain(|_, before| *before > start);
+            deleted.clone()
+        };
+        Some(Snapshot {
+            checkpoint: IndexCheckpoint {
+                dispatched_pos: upto,
+                queues,
+                deleted,
+            },
+            retired: std::mem::take(&mut *self.inner.retired_files.borrow_mut()),
+        })
+    }
+
+    /// A snapshot that was not stored: what it took is owed to the next one.
+    fn give_back(&self, snapshot: Snapshot) {
+        self.inner.layout_changed.set(true);
+        self.inner
+            .retired_files
+            .borrow_mut()
+            .extend(snapshot.retired);
+    }
+
+    /// Syncs the written entries, stores the checkpoint, then deletes the index files it no
+    /// longer needs.
+    async fn store_checkpoint(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let (files, dirs): (Vec<_>, Vec<_>) = self
+            .inner
+            .queues
+            .borrow()
+            .values()
+            .map(|q| q.cq.borrow_mut().take_unsynced())
+            .unzip();
+        let synced = async {
+            for file in files.into_iter().flatten() {
                 file.sync_data()
                     .await
                     .map_err(StoreError::io("syncing an offset index"))?;
             }
-            let taken = self.inner.index_checkpoint.borrow_mut().take();
-            if let Some(mut file) = taken {
-                let result = file
-                    .store(&IndexCheckpoint {
-                        dispatched_pos: U64::new(upto),
-                    })
-                    .await;
-                *self.inner.index_checkpoint.borrow_mut() = Some(file);
-                result.map_err(StoreError::io("writing the index checkpoint"))?;
+            // New files' directory entries, so that a power loss does not lose them.
+            for dir in dirs.into_iter().flatten() {
+                sync_dir(&dir)
+                    .await
+                    .map_err(StoreError::io("syncing an offset index directory"))?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        if let Err(e) = synced.await {
+            self.give_back(snapshot);
+            return Err(e);
+        }
+        let taken = self.inner.index_checkpoint.borrow_mut().take();
+        let Some(mut files) = taken else {
+            self.give_back(snapshot);
+            return Err(StoreError::io("writing the index checkpoint")(
+                std::io::Error::other("the index checkpoint is already being written"),
+            ));
+        };
+        let stored = files.store(&snapshot.checkpoint).await;
+        *self.inner.index_checkpoint.borrow_mut() = Some(files);
+        if let Err(e) = stored {
+            self.give_back(snapshot);
+            return Err(StoreError::io("writing the index checkpoint")(e));
+        }
+        self.inner
+            .checkpointed
+            .set(Some(snapshot.checkpoint.dispatched_pos));
+        let legacy = self.inner.dir.join(recovery::LEGACY_INDEX_CHECKPOINT_FILE);
+        for path in snapshot.retired.into_iter().chain([legacy]) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(?path, error = %e, "deleting a retired offset-index file failed; will retry");
+                    self.inner.retired_files.borrow_mut().push(path);
+                }
             }
         }
         Ok(())
@@ -669,11 +675,6 @@ impl Shard {
     fn queue(&self, topic: &[u8], queue_id: u32) -> Option<Rc<QueueState>> {
         let id = QueueId::new(topic, queue_id);
         self.inner.queues.borrow().get(&id).cloned()
-    }
-
-    /// The queues this shard owns.
-    pub(crate) fn queue_ids(&self) -> Vec<QueueId> {
-        self.inner.queues.borrow().keys().cloned().collect()
     }
 
     /// The queue's offset range, if it exists.
@@ -1019,15 +1020,18 @@ impl Shard {
         Ok(gone)
     }
 
-    /// Moves every queue's minimum offset past records below `log_start` and deletes index files
-    /// that only point there.
+    /// Moves every queue's minimum offset past records below `log_start`; index files that only
+    /// point there are deleted once the next index checkpoint holds the new minimums, and key
+    /// index files at once (the checkpoint does not vouch for them).
     async fn retire_indexes_below(&self, log_start: u64) -> Result<(), StoreError> {
         let queues: Vec<_> = self.inner.queues.borrow().values().cloned().collect();
         for queue in queues {
-            ConsumeQueue::retire_below(&queue.cq, log_start)
+            let given_up = ConsumeQueue::retire_below(&queue.cq, log_start)
                 .await
                 .map_err(StoreError::io("trimming an offset index"))?;
+            self.inner.retired_files.borrow_mut().extend(given_up);
         }
+        self.inner.layout_changed.set(true);
         let doomed: Vec<PathBuf> = {
             let mut keys = self.inner.keys.borrow_mut();
             let gone: Vec<u64> = keys
@@ -1053,33 +1057,67 @@ impl Shard {
 
     /// Deletes the offset indexes of every queue of `topic`; returns the queues deleted. Their
     /// records stay in the log until retention removes them, but are no longer readable by
-    /// queue offset. The index checkpoint is advanced first, so recovery does not bring back
-    /// what was dispatched before the deletion. (Records placed but not yet dispatched when the
-    /// topic is deleted are skipped now, but a crash before the next checkpoint re-indexes
-    /// them into a queue of the same name.)
+    /// queue offset, and recovery never indexes them again: the index checkpoint records the
+    /// deletion (and the log position below which the topic's records are the deleted life's)
+    /// before any file goes. One deletion of a topic runs at a time, and its queues are not
+    /// created again until it is over.
     pub(crate) async fn delete_topic(&self, topic: &[u8]) -> Result<Vec<QueueId>, StoreError> {
+        let topic = Bytes::copy_from_slice(topic);
+        loop {
+            let listener = self.inner.deletions.listen();
+            if !self.inner.deleting.borrow().contains(&topic) {
+                break;
+            }
+            listener.await;
+        }
+        self.inner.deleting.borrow_mut().insert(topic.clone());
+        let result = self.delete_marked_topic(&topic).await;
+        self.inner.deleting.borrow_mut().remove(&topic);
+        self.inner.deletions.notify(usize::MAX);
+        result
+    }
+
+    async fn delete_marked_topic(&self, topic: &Bytes) -> Result<Vec<QueueId>, StoreError> {
         self.dispatch_readable();
-        self.write_indexes(true).await?;
+        // In one step: the queues leave this shard's map and the routes, creations of its
+        // queues in flight are disowned, and the records placed so far become the deleted
+        // life's.
         let doomed: Vec<Rc<QueueState>> = {
             let mut queues = self.inner.queues.borrow_mut();
             let ids: Vec<QueueId> = queues
                 .keys()
-                .filter(|id| &id.topic[..] == topic)
+                .filter(|id| id.topic == *topic)
                 .cloned()
                 .collect();
             ids.iter().filter_map(|id| queues.remove(id)).collect()
         };
-        let mut deleted = Vec::with_capacity(doomed.len());
-        for queue in doomed {
+        self.inner
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, shard| !(id.topic == *topic && *shard == self.inner.id));
+        self.inner
+            .creating
+            .borrow_mut()
+            .retain(|id, _| id.topic != *topic);
+        let placed_end = self.inner.log.positions().tail;
+        self.inner
+            .deleted_topics
+            .borrow_mut()
+            .insert(topic.clone(), placed_end);
+        for queue in &doomed {
             queue.deleted.set(true);
             queue.arrived.notify(usize::MAX);
-            let path = self.queue_dir(&queue.id);
-            match std::fs::remove_dir_all(&path) {
+        }
+        self.inner.layout_changed.set(true);
+        // Durable before any file goes: a crash from here on never brings them back.
+        self.write_indexes(true).await?;
+        for queue in &doomed {
+            match std::fs::remove_dir_all(self.queue_dir(&queue.id)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io("deleting an offset index")(e)),
             }
-            deleted.push(queue.id.clone());
         }
         let topic_dir = self
             .inner
@@ -1093,7 +1131,7 @@ impl Shard {
         sync_dir(&self.inner.dir.join("consumequeue"))
             .await
             .map_err(StoreError::io("syncing the offset index directory"))?;
-        Ok(deleted)
+        Ok(doomed.iter().map(|q| q.id.clone()).collect())
     }
 
     /// Flushes the log, writes and syncs every index and records the index checkpoint, then
@@ -1133,87 +1171,6 @@ fn new_queue(id: QueueId, cq: ConsumeQueue) -> Rc<QueueState> {
         arrived: Event::new(),
         deleted: Cell::new(false),
     })
-}
-
-/// Offset-index directories under `root`: `<topic>/<queue id>`.
-fn list_queue_dirs(root: &Path) -> std::io::Result<Vec<(QueueId, PathBuf)>> {
-    let mut found = Vec::new();
-    for topic_entry in std::fs::read_dir(root)? {
-        let topic_entry = topic_entry?;
-        let name = topic_entry.file_name();
-        let Some(topic) = name.to_str().and_then(topic_from_dir_name) else {
-            tracing::warn!(dir = ?topic_entry.path(), "ignoring a directory that names no topic");
-            continue;
-        };
-        for queue_entry in std::fs::read_dir(topic_entry.path())? {
-            let queue_entry = queue_entry?;
-            let Some(queue_id) = queue_entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            found.push((
-                QueueId {
-                    topic: Bytes::from(topic.clone()),
-                    queue_id,
-                },
-                queue_entry.path(),
-            ));
-        }
-    }
-    Ok(found)
-}
-
-/// Opens the sealed key indexes still useful: those wholly within `[log_start, log_end]`. Files
-/// past the recovered end (or damaged) are deleted with everything after them; the active
-/// index is rebuilt from where the kept ones end, which is returned.
-async fn open_sealed_key_indexes(
-    dir: &Path,
-    log_start: u64,
-    log_end: u64,
-) -> Result<(BTreeMap<u64, SealedKeyIndex>, u64), OpenError> {
-    let mut bases: Vec<u64> = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_open("listing key indexes"))? {
-        let entry = entry.map_err(io_open("listing key indexes"))?;
-        let name = entry.file_name();
-        match name.to_str().and_then(parse_segment_name) {
-            Some(base) => bases.push(base),
-            // Leftovers of a seal interrupted by a crash.
-            None => std::fs::remove_file(entry.path())
-                .map_err(io_open("removing a key index leftover"))?,
-        }
-    }
-    bases.sort_unstable();
-    let mut sealed = BTreeMap::new();
-    let mut rebuild_from = log_start;
-    let mut broken = false;
-    for base in bases {
-        let path = dir.join(segment_name(base));
-        if !broken {
-            match SealedKeyIndex::open(&path).await {
-                Ok(index) if index.header.end_pos.get() <= log_start => {
-                    std::fs::remove_file(&path).map_err(io_open("removing a retired key index"))?;
-                    continue;
-                }
-                Ok(index)
-                    if index.header.end_pos.get() <= log_end
-                        && index.header.begin_pos.get() == base =>
-                {
-                    rebuild_from = rebuild_from.max(index.header.end_pos.get());
-                    sealed.insert(base, index);
-                    continue;
-                }
-                _ => {
-                    broken = true;
-                    rebuild_from = rebuild_from.min(base).max(log_start);
-                }
-            }
-        }
-        std::fs::remove_file(&path).map_err(io_open("removing a key index past the log end"))?;
-    }
-    Ok((sealed, rebuild_from))
 }
 
 /// Share of the filesystem holding `dir` in use, if it can be told.
@@ -1376,7 +1333,9 @@ mod tests {
     #[compio::test]
     async fn a_failed_index_write_keeps_every_queue_it_did_not_write_for_the_retry() {
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(0, dir.path(), small_config()).await.unwrap();
+        let (shard, _) = Shard::open(0, dir.path(), small_config(), Routes::default())
+            .await
+            .unwrap();
         shard.append(b"a", 0, &[message(0)]).await.unwrap();
         shard.append(b"b", 0, &[message(1)]).await.unwrap();
         shard.write_indexes(true).await.unwrap();
@@ -1394,7 +1353,9 @@ mod tests {
         assert_eq!(unwritten(&shard, b"a"), 0, "queue a written on the retry");
         assert_eq!(unwritten(&shard, b"b"), 0, "queue b written on the retry");
         shard.close().await.unwrap();
-        let (_, recovery) = Shard::open(0, dir.path(), small_config()).await.unwrap();
+        let (_, recovery) = Shard::open(0, dir.path(), small_config(), Routes::default())
+            .await
+            .unwrap();
         assert_eq!(recovery.redispatched, 0, "{recovery:?}");
         assert_eq!(recovery.rebuilt_queues, 0, "{recovery:?}");
     }
@@ -1402,7 +1363,9 @@ mod tests {
     #[compio::test]
     async fn a_close_whose_indexes_cannot_be_written_closes_the_log_and_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(0, dir.path(), small_config()).await.unwrap();
+        let (shard, _) = Shard::open(0, dir.path(), small_config(), Routes::default())
+            .await
+            .unwrap();
         shard.append(b"a", 0, &[message(0)]).await.unwrap();
         shard.write_indexes(true).await.unwrap();
         let blocked = NewIndexFilesRefused::new(&shard, b"a");
@@ -1416,7 +1379,9 @@ mod tests {
             .expect("indexes are rebuilt from the log: not a failed close");
         blocked.unblock();
         // The log was closed: its lock released and its final checkpoint at its end.
-        let (shard, recovery) = Shard::open(0, dir.path(), small_config()).await.unwrap();
+        let (shard, recovery) = Shard::open(0, dir.path(), small_config(), Routes::default())
+            .await
+            .unwrap();
         assert_eq!(recovery.log.records_scanned, 0, "{recovery:?}");
         assert_eq!(recovery.redispatched, 2, "{recovery:?}");
         let ReadOutcome::Found { messages, .. } =
