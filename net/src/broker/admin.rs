@@ -110,13 +110,18 @@ impl BrokerService {
                 format!("The topic[{topic}] is conflict with system topic."),
             ));
         }
-        let existed = self
+        // Sends to the topic wait until its queues and offsets are gone too: one that re-created
+        // it meanwhile would have its acknowledged messages deleted with the old ones.
+        let (existed, _deleting) = self
             .shared
             .topics
-            .delete(topic)
+            .begin_delete(topic)
+            .await
             .map_err(|e| Refusal::new(response::SYSTEM_ERROR, e.to_string()))?;
         self.shared.offsets.remove_topic(topic);
         let queues = self.shards.store().delete_topic(topic.as_bytes()).await?;
+        // Commits of the old life that landed while its queues were deleted.
+        self.shared.offsets.remove_topic(topic);
         tracing::info!(%topic, existed, queues, "topic deleted");
         self.shared.register_soon();
         Ok(RemotingCommand::response_to(req, response::SUCCESS))

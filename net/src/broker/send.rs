@@ -97,6 +97,8 @@ impl BrokerService {
     pub(crate) async fn send(&self, connection: &Connection, req: &RemotingCommand) -> Processed {
         let header = SendHeader::parse(req)?;
         let shared = &self.shared;
+        // A send ordered after a deletion of its topic in progress: never into the old life.
+        shared.topics.wait_while_deleting(&header.topic).await;
         let topic = check_topic(shared, &header)?;
         let queue_id = pick_queue(&topic, &header)?;
         let body = req.body_bytes();

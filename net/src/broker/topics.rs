@@ -1,10 +1,13 @@
 //! The broker's topics: created by admins, by first sends through the `TBW102` template, and for
 //! consumer groups' retry queues; kept in `config/topics.json` (RocketMQ's format).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use event_listener::Event;
 
 use crate::protocol::route::{
     AUTO_CREATE_TOPIC_KEY, DataVersion, PERM_INHERIT, PERM_READ, PERM_WRITE, TopicConfig,
@@ -56,6 +59,49 @@ pub enum Upserted {
 pub struct TopicTable {
     path: PathBuf,
     state: RwLock<TopicConfigWrapper>,
+    /// Topics being deleted: sends to them wait until the deletion is over.
+    deleting: Deleting,
+}
+
+/// Topics being deleted, and the event their senders wait on.
+#[derive(Default)]
+struct Deleting {
+    /// How many (a send checks this alone while it is 0).
+    count: AtomicUsize,
+    topics: Mutex<HashSet<String>>,
+    over: Event,
+}
+
+impl Deleting {
+    fn contains(&self, topic: &str) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+            && self
+                .topics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(topic)
+    }
+}
+
+/// A topic deletion in progress: sends to the topic wait until it is dropped.
+pub struct DeletionGuard<'a> {
+    table: &'a TopicTable,
+    topic: String,
+}
+
+impl Drop for DeletionGuard<'_> {
+    fn drop(&mut self) {
+        let deleting = &self.table.deleting;
+        let removed = deleting
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.topic);
+        if removed {
+            deleting.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        deleting.over.notify(usize::MAX);
+    }
 }
 
 fn now_ms() -> i64 {
@@ -126,6 +172,7 @@ impl TopicTable {
         let table = TopicTable {
             path,
             state: RwLock::new(state),
+            deleting: Deleting::default(),
         };
         if changed {
             table.save(&table.read())?;
@@ -246,6 +293,48 @@ impl TopicTable {
             (removed, removed)
         })
     }
+
+    /// Starts deleting a topic: until the guard is dropped (its queues and offsets gone too),
+    /// [`Self::wait_while_deleting`] holds sends to it back, so that none re-creates it and has
+    /// its messages deleted with the old ones. Waits for a deletion of the same topic already
+    /// in progress. Returns whether the topic existed, and the guard.
+    pub async fn begin_delete(
+        &self,
+        topic: &str,
+    ) -> Result<(bool, DeletionGuard<'_>), TopicsError> {
+        loop {
+            let listener = self.deleting.over.listen();
+            {
+                let mut topics = self
+                    .deleting
+                    .topics
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if topics.insert(topic.to_string()) {
+                    self.deleting.count.fetch_add(1, Ordering::AcqRel);
+                    break;
+                }
+            }
+            listener.await;
+        }
+        let guard = DeletionGuard {
+            table: self,
+            topic: topic.to_string(),
+        };
+        let existed = self.delete(topic)?;
+        Ok((existed, guard))
+    }
+
+    /// Completes once `topic` is not being deleted (at once, almost always).
+    pub async fn wait_while_deleting(&self, topic: &str) {
+        while self.deleting.contains(topic) {
+            let listener = self.deleting.over.listen();
+            if !self.deleting.contains(topic) {
+                break;
+            }
+            listener.await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +350,34 @@ mod tests {
             "broker-a",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn sends_wait_while_their_topic_is_deleted_and_deletions_of_it_queue_up() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let table = open(dir.path(), true);
+        table.create_for_send("orders", "TBW102", 4, 0).unwrap();
+        let (existed, guard) = futures_executor::block_on(table.begin_delete("orders")).unwrap();
+        assert!(existed);
+        assert!(table.get("orders").is_none());
+        let mut send = Box::pin(table.wait_while_deleting("orders"));
+        assert!(send.as_mut().now_or_never().is_none(), "held back");
+        assert!(
+            table.wait_while_deleting("other").now_or_never().is_some(),
+            "another topic is not held"
+        );
+        let mut second = Box::pin(table.begin_delete("orders"));
+        assert!(
+            second.as_mut().now_or_never().is_none(),
+            "one deletion at a time"
+        );
+        drop(guard);
+        assert!(send.as_mut().now_or_never().is_some(), "released");
+        let (existed, guard) = futures_executor::block_on(second).unwrap();
+        assert!(!existed);
+        drop(guard);
+        assert!(table.wait_while_deleting("orders").now_or_never().is_some());
     }
 
     #[test]
