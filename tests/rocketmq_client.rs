@@ -1,7 +1,8 @@
 //! End to end with a RocketMQ client we did not write: `rocketmq-client-rust` 1.0.0, unchanged,
 //! against a real `quiver standalone` process on loopback. Topic creation, every kind of send,
 //! a push and a pull consumer sharing one group, orderly consumption per queue, tag filters,
-//! offsets across a broker restart, and lookups by key and by message id.
+//! offsets across a broker restart, lookups by key and by message id, and many concurrent
+//! first sends to brand-new queues surviving a clean restart and SIGKILL.
 //!
 //! Waiting is on conditions (messages received, queues assigned), each with a generous
 //! deadline so a broken broker fails the test instead of hanging it.
@@ -724,6 +725,158 @@ async fn quiver_client_and_rocketmq_client_read_each_other() {
     ours_consumer.shutdown().await;
     theirs.shutdown().await;
     ours.shutdown().await;
+    host.shutdown().await;
+    quiver.stop();
+}
+
+/// (topic, queue, offset) → body of every send answered SEND_OK.
+type SentOk = BTreeMap<(String, i32, i64), String>;
+
+/// `senders` concurrent senders on each of `topics`, each sending until `stop` is set or it has
+/// sent `per_sender`, or a send fails (a killed broker); returns what was answered SEND_OK.
+async fn send_from_many(
+    producer: &DefaultMQProducer,
+    topics: &[String],
+    senders: usize,
+    per_sender: usize,
+    acked: Arc<AtomicUsize>,
+) -> SentOk {
+    let mut tasks = Vec::new();
+    for topic in topics {
+        for sender in 0..senders {
+            let (producer, topic, acked) = (producer.clone(), topic.clone(), Arc::clone(&acked));
+            tasks.push(tokio::spawn(async move {
+                let mut ok = Vec::new();
+                let mut i = 0;
+                while i < per_sender {
+                    let body = format!("{topic}/{sender}/{i}");
+                    let result = match producer.send(message(&topic, "t", &[], &body)).await {
+                        Ok(Some(result)) => result,
+                        // The client's own admission limit (320 senders on one producer):
+                        // nothing was sent, so send it again.
+                        Err(e) if format!("{e:?}").contains("queue_saturated") => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        other => {
+                            eprintln!("{topic} sender {sender}: send {i} failed: {other:?}");
+                            break;
+                        }
+                    };
+                    i += 1;
+                    if result.send_status != rocketmq_model::result::SendStatus::SendOk {
+                        continue;
+                    }
+                    let queue = result.message_queue.as_ref().map_or(-1, |q| q.queue_id());
+                    ok.push(((topic.clone(), queue, result.queue_offset as i64), body));
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                ok
+            }));
+        }
+    }
+    let mut sent = SentOk::new();
+    for task in tasks {
+        for (at, body) in task.await.expect("a sender task") {
+            assert!(
+                sent.insert(at.clone(), body).is_none(),
+                "{at:?} answered twice"
+            );
+        }
+    }
+    sent
+}
+
+/// Every message `sent` names is in the broker at its offset with its body.
+async fn assert_all_there(broker: std::net::SocketAddr, sent: &SentOk) {
+    let client = quiver_net::client::RemotingClient::connect(broker)
+        .await
+        .expect("connecting to the broker");
+    let mut stored: HashMap<(String, i32), Vec<quiver_net::message::DecodedMessage>> =
+        HashMap::new();
+    let mut missing = Vec::new();
+    for ((topic, queue, offset), body) in sent {
+        let key = (topic.clone(), *queue);
+        if !stored.contains_key(&key) {
+            let messages = support::read_queue(&client, topic, *queue).await;
+            stored.insert(key.clone(), messages);
+        }
+        match stored[&key].get(*offset as usize) {
+            Some(m) if m.body[..] == *body.as_bytes() => {}
+            other => missing.push(format!(
+                "{topic}/{queue}@{offset}: {:?}",
+                other.map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            )),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} messages answered SEND_OK are not at their offset, e.g. {:?}",
+        missing.len(),
+        sent.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_first_sends_to_new_queues_survive_a_restart_and_sigkill() {
+    const TOPICS: usize = 40;
+    const QUEUES: i32 = 8;
+    const SENDERS: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Round 0 in async flush mode (a clean stop loses nothing in either), round 1 in sync.
+    let (namesrv_port, broker_port) = (free_port(), free_port());
+    let async_config = write_config(dir.path(), namesrv_port, broker_port, "async", "");
+    let quiver = Standalone::start(&async_config, &data);
+    let namesrv = quiver.namesrv.to_string();
+    let host = ClientHost::new("first-sends");
+    let mut producer = producer(&host, &namesrv, "first-sends-producer").await;
+    let topics = |round: usize| -> Vec<String> {
+        (0..TOPICS).map(|t| format!("first-{round}-{t}")).collect()
+    };
+    for topic in topics(0).iter().chain(&topics(1)) {
+        producer
+            .create_topic("TBW102", topic, QUEUES, HashMap::new())
+            .await
+            .expect("the topic is created");
+    }
+
+    // Round 0: 32 senders per new topic, 320 new queues, then a clean restart.
+    let mut sent = send_from_many(&producer, &topics(0), SENDERS, 4, Arc::default()).await;
+    assert_eq!(
+        sent.len(),
+        TOPICS * SENDERS * 4,
+        "every send answered SEND_OK"
+    );
+    let queues: BTreeSet<(String, i32)> = sent.keys().map(|(t, q, _)| (t.clone(), *q)).collect();
+    assert_eq!(
+        queues.len(),
+        TOPICS * QUEUES as usize,
+        "every queue was sent to"
+    );
+    assert_eq!(quiver.deleted_files_held(), Vec::<String>::new());
+    quiver.stop();
+    let sync_config = write_config(dir.path(), namesrv_port, broker_port, "sync", "");
+    let quiver = Standalone::start(&sync_config, &data);
+    assert_all_there(quiver.broker, &sent).await;
+
+    // Round 1: the same on 40 other new topics in sync mode, SIGKILLed while they send.
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sending = {
+        let (producer, topics, acked) = (producer.clone(), topics(1), Arc::clone(&acked));
+        tokio::spawn(async move { send_from_many(&producer, &topics, SENDERS, 20, acked).await })
+    };
+    eventually("a thousand answers before the kill", || async {
+        acked.load(Ordering::Relaxed) >= 1000
+    })
+    .await;
+    assert_eq!(quiver.deleted_files_held(), Vec::<String>::new());
+    quiver.kill();
+    sent.extend(sending.await.expect("the senders"));
+    let quiver = Standalone::start(&sync_config, &data);
+    assert_all_there(quiver.broker, &sent).await;
+    producer.shutdown().await;
     host.shutdown().await;
     quiver.stop();
 }

@@ -205,6 +205,24 @@ impl Standalone {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Files under its data directory that it holds open although they were deleted (what a
+    /// broker writing an offset index into an unlinked file shows).
+    pub fn deleted_files_held(&self) -> Vec<String> {
+        let data = self.data_dir.to_string_lossy().into_owned();
+        let fds = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&fds)
+            .unwrap_or_else(|e| panic!("{fds}: {e}"))
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .filter(|target| target.starts_with(&data) && target.ends_with("(deleted)"))
+            .collect()
+    }
+
     /// SIGKILL: no chance to flush or write anything.
     pub fn kill(mut self) {
         let _ = self.child.kill();
