@@ -49,6 +49,19 @@ pub struct SoakArgs {
     /// Longest pause between two faults, in seconds.
     #[arg(long, default_value_t = 20.0)]
     fault_max_secs: f64,
+    /// Seconds between two new topics, each sent to by many senders at once as soon as it is
+    /// made (one is also made after every broker restart); 0: none.
+    #[arg(long, default_value_t = 2.0)]
+    new_topic_secs: f64,
+    /// New topics made at once each time.
+    #[arg(long, default_value_t = 8)]
+    new_topics_at_once: u32,
+    /// Concurrent senders on each new topic.
+    #[arg(long, default_value_t = 32)]
+    new_topic_senders: u32,
+    /// Messages each sender on a new topic sends.
+    #[arg(long, default_value_t = 4)]
+    new_topic_messages: u32,
     /// Seconds the consumers get to catch up after the producers stop.
     #[arg(long, default_value_t = 180)]
     drain_secs: u64,
@@ -102,6 +115,10 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
             Duration::from_secs_f64(args.fault_min_secs.max(0.0)),
             Duration::from_secs_f64(args.fault_max_secs.max(args.fault_min_secs).max(0.0)),
         ),
+        new_topic_interval: Duration::from_secs_f64(args.new_topic_secs.max(0.0)),
+        new_topics_at_once: args.new_topics_at_once,
+        new_topic_senders: args.new_topic_senders,
+        new_topic_messages: args.new_topic_messages,
         drain_timeout: Duration::from_secs(args.drain_secs),
         seed: args.seed,
         progress: !args.json,
@@ -156,8 +173,15 @@ fn print_report(r: &SoakReport) {
         "  faults injected: {} broker kills, {} consumer kills, {} name server restarts",
         r.broker_kills, r.consumer_kills, r.namesrv_restarts
     );
+    println!(
+        "  new topics:             {} (sent to by many senders at once, read back by offset)",
+        r.new_topics
+    );
     println!("  messages sent:          {}", v.sent);
-    println!("  acknowledged:           {}", v.acknowledged);
+    println!(
+        "  acknowledged:           {} ({} on the new topics)",
+        v.acknowledged, v.acknowledged_on_new_topics
+    );
     println!("  consumed:               {}", v.consumed);
     println!(
         "  lost:                   {} (lost from the store {}, never delivered {}, skipped at a reused offset {})",

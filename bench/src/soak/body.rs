@@ -19,6 +19,12 @@ pub fn id(task: u32, seq: u64) -> String {
     format!("t{task}-{seq}")
 }
 
+/// The id of the `seq`-th message of sender `sender` on the `topic`-th topic made new during
+/// the run (`sender` below 1000 keeps it within [`MAX_ID_BYTES`]).
+pub fn new_topic_id(topic: u32, sender: u32, seq: u32) -> String {
+    format!("n{topic}s{sender}-{seq}")
+}
+
 /// The body for `id`: its payload's length and bytes follow from the id alone.
 pub fn make(id: &str) -> Vec<u8> {
     debug_assert!(id.len() <= MAX_ID_BYTES && !id.contains('|'));

@@ -1,7 +1,10 @@
 //! The fault-injecting soak behind `quiver soak`: producers send continuously, a group of
 //! consumer processes consumes, and meanwhile the broker is killed with SIGKILL and restarted,
 //! consumers are killed and replaced, and the name server is killed and restarted, at random
-//! intervals. At the end the store is read back, the consumers drain, and [`verify`] judges
+//! intervals. Every few seconds, and right after each broker restart, a new topic is created
+//! and many senders send to its brand-new queues at once (what lost messages when queue
+//! creation raced). At the end the store is read back by offset, every new topic too, the
+//! consumers drain, and [`verify`] judges
 //! what every party recorded: nothing acknowledged lost (sync flush) or at most the documented
 //! bound per crash (async flush), nothing delivered that was not sent, bodies intact, store
 //! order kept, duplicates only around faults.
@@ -28,13 +31,24 @@ use quiver_net::client::{ClientConfig, MqError};
 use serde::Serialize;
 
 use self::procs::{Proc, Spec};
-use self::verify::{Ack, Delivery, Fault, FaultKind, Rules, SendRecord, Stored, Verdict};
+use self::verify::{Ack, Delivery, Fault, FaultKind, Rules, SendRecord, StoreKey, Stored, Verdict};
 
 /// The soak's topic.
 pub const TOPIC: &str = "soak";
 
 /// The soak's consumer group.
 pub const GROUP: &str = "soak-consumers";
+
+/// Queues of each topic made new during the run.
+pub const NEW_TOPIC_QUEUES: i32 = 8;
+
+/// Most concurrent senders on a new topic (their ids must stay short).
+pub const NEW_TOPIC_SENDERS_MAX: u32 = 999;
+
+/// The name of the `n`th topic made new during the run (from 1).
+pub fn new_topic_name(n: u32) -> String {
+    format!("soak-new-{n}")
+}
 
 /// Pause before a failed send is tried again.
 const SEND_RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -119,6 +133,15 @@ pub struct SoakConfig {
     pub orderly: bool,
     /// Shortest and longest pause between two faults.
     pub fault_interval: (Duration, Duration),
+    /// How often a new topic is made and sent to by many senders at once (and after every
+    /// broker restart); zero: never.
+    pub new_topic_interval: Duration,
+    /// New topics made at once each time.
+    pub new_topics_at_once: u32,
+    /// Concurrent senders on each new topic (at most [`NEW_TOPIC_SENDERS_MAX`]).
+    pub new_topic_senders: u32,
+    /// Messages each of them sends.
+    pub new_topic_messages: u32,
     /// How long the consumers get to catch up after the producers stop.
     pub drain_timeout: Duration,
     /// Seed of the fault schedule (0: from the clock).
@@ -142,6 +165,8 @@ pub struct SoakReport {
     pub consumer_kills: u32,
     /// SIGKILLs and restarts of the name server.
     pub namesrv_restarts: u32,
+    /// Topics made new during the run, each read back by offset.
+    pub new_topics: u32,
     /// Whether the consumers caught up with everything stored before the drain timeout.
     pub drained: bool,
     /// Async: what one crash may lose, bytes.
@@ -348,37 +373,148 @@ async fn produce(
         let id = body::id(task, seq);
         let payload = bytes::Bytes::from(body::make(&id));
         let mut record = SendRecord {
+            topic: 0,
             id: id.clone(),
             body_bytes: payload.len(),
             first_attempt_ms: now_ms(),
             failed_attempts: 0,
             acked: None,
         };
-        loop {
-            let message = Message::new(TOPIC, payload.clone()).with_keys([id.as_str()]);
-            match producer.send(message).await {
-                Ok(sent) if sent.status == SendStatus::SendOk => {
-                    record.acked = Some(Ack {
-                        at_ms: now_ms(),
-                        queue: sent.queue.queue_id,
-                        offset: sent.queue_offset,
-                    });
-                    break;
-                }
-                // Stored but not confirmed durable: neither acknowledged nor to be sent again.
-                Ok(_) => break,
-                Err(_) => {
-                    record.failed_attempts += 1;
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    tokio::time::sleep(SEND_RETRY_PAUSE).await;
-                }
-            }
-        }
+        send_until_acked(&producer, TOPIC, payload, &mut record, &stop).await;
         records.push(record);
     }
     records
+}
+
+/// Sends `payload` until it is acknowledged, fails for good (stored, not confirmed) or `stop`,
+/// filling in `record`.
+async fn send_until_acked(
+    producer: &Producer,
+    topic: &str,
+    payload: bytes::Bytes,
+    record: &mut SendRecord,
+    stop: &AtomicBool,
+) {
+    loop {
+        let message = Message::new(topic, payload.clone()).with_keys([record.id.as_str()]);
+        match producer.send(message).await {
+            Ok(sent) if sent.status == SendStatus::SendOk => {
+                record.acked = Some(Ack {
+                    at_ms: now_ms(),
+                    queue: sent.queue.queue_id,
+                    offset: sent.queue_offset,
+                    pos: quiver_net::message::decode_offset_msg_id(&sent.offset_msg_id)
+                        .map(|(_, pos)| pos),
+                });
+                return;
+            }
+            // Stored but not confirmed durable: neither acknowledged nor to be sent again.
+            Ok(_) => return,
+            Err(_) => {
+                record.failed_attempts += 1;
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                tokio::time::sleep(SEND_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// The `n`th new topic: created, then `senders` concurrent senders each send `messages` to its
+/// brand-new queues at once. `None` if it could not be created before `stop`.
+async fn new_topic_burst(
+    producer: Producer,
+    admin: Arc<Admin>,
+    n: u32,
+    senders: u32,
+    messages: u32,
+    stop: Arc<AtomicBool>,
+) -> Option<Vec<SendRecord>> {
+    let name = new_topic_name(n);
+    let spec = TopicSpec::new(&name, NEW_TOPIC_QUEUES);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        if admin
+            .create_topic(&spec, &BrokerSelector::All)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(SEND_RETRY_PAUSE).await;
+    }
+    let tasks: Vec<_> = (0..senders)
+        .map(|sender| {
+            let (producer, name, stop) = (producer.clone(), name.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut records = Vec::new();
+                for seq in 0..messages {
+                    let id = body::new_topic_id(n, sender, seq);
+                    let payload = bytes::Bytes::from(body::make(&id));
+                    let mut record = SendRecord {
+                        topic: n,
+                        id,
+                        body_bytes: payload.len(),
+                        first_attempt_ms: now_ms(),
+                        failed_attempts: 0,
+                        acked: None,
+                    };
+                    send_until_acked(&producer, &name, payload, &mut record, &stop).await;
+                    records.push(record);
+                }
+                records
+            })
+        })
+        .collect();
+    let mut records = Vec::new();
+    for task in tasks {
+        records.extend(task.await.unwrap_or_default());
+    }
+    Some(records)
+}
+
+/// Makes `config.new_topics_at_once` new topics every `config.new_topic_interval`, and at
+/// once when `restarted` is notified (a broker restart), until `stop`; returns the numbers of
+/// the topics made and their sends.
+async fn new_topics(
+    producer: Producer,
+    admin: Arc<Admin>,
+    config: SoakConfig,
+    restarted: Arc<tokio::sync::Notify>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<u32>, Vec<SendRecord>) {
+    let (mut made, mut records) = (Vec::new(), Vec::new());
+    let mut next = 1;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = tokio::time::sleep(config.new_topic_interval) => {}
+            _ = restarted.notified() => {}
+        }
+        let bursts: Vec<_> = (next..next + config.new_topics_at_once)
+            .map(|n| {
+                let burst = new_topic_burst(
+                    producer.clone(),
+                    Arc::clone(&admin),
+                    n,
+                    config.new_topic_senders,
+                    config.new_topic_messages,
+                    Arc::clone(&stop),
+                );
+                (n, tokio::spawn(burst))
+            })
+            .collect();
+        next += config.new_topics_at_once;
+        for (n, burst) in bursts {
+            if let Ok(Some(sent)) = burst.await {
+                made.push(n);
+                records.extend(sent);
+            }
+        }
+    }
+    (made, records)
 }
 
 /// Creates the soak's topic, waiting for the broker to be known to the name server.
@@ -410,11 +546,15 @@ where
     }
 }
 
-/// Reads every queue of the topic from its first offset to its last.
-async fn read_back(namesrv: &str) -> Result<BTreeMap<(i32, i64), Stored>, SoakError> {
+/// Reads every queue of `topic` from its first offset to its last into `out`, as topic `index`.
+async fn read_back(
+    namesrv: &str,
+    topic: &str,
+    index: u32,
+    out: &mut BTreeMap<StoreKey, Stored>,
+) -> Result<(), SoakError> {
     let reader = PullConsumer::start("soak-verifier", ClientConfig::new(namesrv))?;
-    let mut out = BTreeMap::new();
-    let queues = settled(|| reader.queues(TOPIC)).await?;
+    let queues = settled(|| reader.queues(topic)).await?;
     for queue in &queues {
         let mut offset = settled(|| reader.min_offset(queue)).await?;
         let max = settled(|| reader.max_offset(queue)).await?;
@@ -422,19 +562,20 @@ async fn read_back(namesrv: &str) -> Result<BTreeMap<(i32, i64), Stored>, SoakEr
             let found = settled(|| reader.pull(queue, offset, READ_BACK_BATCH, "*")).await?;
             if found.status != PullStatus::Found || found.messages.is_empty() {
                 return Err(SoakError::Setup(format!(
-                    "queue {} answered {:?} at offset {offset} below its max {max}",
+                    "{topic} queue {} answered {:?} at offset {offset} below its max {max}",
                     queue.queue_id, found.status
                 )));
             }
             for m in &found.messages {
                 let (id, intact) = body::check(&m.body).unwrap_or_else(|| ("?".into(), false));
-                out.insert((queue.queue_id, m.queue_offset), Stored { id, intact });
+                let at = (index, queue.queue_id, m.queue_offset);
+                out.insert(at, Stored { id, intact });
             }
             offset = found.next_begin_offset;
         }
     }
     reader.shutdown();
-    Ok(out)
+    Ok(())
 }
 
 /// Runs the soak and judges it.
@@ -443,6 +584,11 @@ pub fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
         return Err(SoakError::Setup(
             "producers, consumers and queues must be positive".into(),
         ));
+    }
+    if config.new_topic_senders > NEW_TOPIC_SENDERS_MAX {
+        return Err(SoakError::Setup(format!(
+            "at most {NEW_TOPIC_SENDERS_MAX} senders on a new topic"
+        )));
     }
     let seed = if config.seed == 0 {
         now_ms() as u64 | 1
@@ -474,6 +620,20 @@ pub fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
     let tasks: Vec<_> = (0..config.producers)
         .map(|task| runtime.spawn(produce(producer.clone(), task, period, Arc::clone(&stop))))
         .collect();
+    let restarted = Arc::new(tokio::sync::Notify::new());
+    let new_topic_task = (!config.new_topic_interval.is_zero()).then(|| {
+        let admin = Admin::new([namesrv.as_str()]).map_err(|e| SoakError::Setup(e.to_string()));
+        admin.map(|admin| {
+            runtime.spawn(new_topics(
+                producer.clone(),
+                Arc::new(admin),
+                config.clone(),
+                Arc::clone(&restarted),
+                Arc::clone(&stop),
+            ))
+        })
+    });
+    let new_topic_task = new_topic_task.transpose()?;
 
     // Faults: the first three are one of each kind, in a random order; then any.
     let started = Instant::now();
@@ -502,7 +662,10 @@ pub fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
                 _ => FaultKind::NamesrvRestart,
             });
         match kind {
-            FaultKind::BrokerKill => cluster.kill_broker()?,
+            FaultKind::BrokerKill => {
+                cluster.kill_broker()?;
+                restarted.notify_one();
+            }
             FaultKind::ConsumerKill => {
                 let slot = schedule.below(u64::from(config.consumers)) as usize;
                 cluster.kill_consumer(slot)?;
@@ -521,10 +684,21 @@ pub fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
                 .map_err(|e| SoakError::Setup(format!("a producer task failed: {e}")))?,
         );
     }
+    let (new_topics, new_topic_sends) = match new_topic_task {
+        Some(task) => runtime
+            .block_on(task)
+            .map_err(|e| SoakError::Setup(format!("the new-topic task failed: {e}")))?,
+        None => (Vec::new(), Vec::new()),
+    };
+    sends.extend(new_topic_sends);
     runtime.block_on(producer.shutdown());
 
     // What the store holds now is final: read it, then let the consumers catch up with it.
-    let store = runtime.block_on(read_back(&namesrv))?;
+    let mut store = BTreeMap::new();
+    runtime.block_on(read_back(&namesrv, TOPIC, 0, &mut store))?;
+    for &n in &new_topics {
+        runtime.block_on(read_back(&namesrv, &new_topic_name(n), n, &mut store))?;
+    }
     // Caught up: every stored message delivered, or its offset delivered (async: holding a
     // message a crash lost, which the consumers moved past).
     let drain_until = Instant::now() + config.drain_timeout;
@@ -535,7 +709,9 @@ pub fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
             deliveries.iter().map(|d| (d.queue, d.offset)).collect();
         let missing = store
             .iter()
-            .filter(|(at, s)| !ids.contains(s.id.as_str()) && !positions.contains(at))
+            .filter(|&(&(topic, queue, offset), s)| {
+                topic == 0 && !ids.contains(s.id.as_str()) && !positions.contains(&(queue, offset))
+            })
             .count();
         if missing == 0 {
             break true;
@@ -572,6 +748,7 @@ pub fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
         broker_kills: count(FaultKind::BrokerKill),
         consumer_kills: count(FaultKind::ConsumerKill),
         namesrv_restarts: count(FaultKind::NamesrvRestart),
+        new_topics: new_topics.len() as u32,
         drained,
         crash_loss_bound_bytes,
         passed: verdict.failures.is_empty() && drained,

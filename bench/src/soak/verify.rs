@@ -4,7 +4,11 @@
 //!
 //! The rules:
 //! - every acknowledged message is in the store at the queue offset its acknowledgement named
-//!   (`sync`; in `async` mode a crash may lose a suffix, at most the documented bound per crash);
+//!   (`sync`; in `async` mode a crash may lose a suffix, at most the documented bound per crash),
+//!   on the consumed topic and on the topics made new during the run, which are only read back;
+//!   what a crash loses is the latest of each shard's log and so of each queue: a message lost
+//!   while one placed after it in its shard's log (or later in its queue) and acknowledged
+//!   before the same crash was kept is a failure in either mode;
 //! - every acknowledged message still stored was delivered at least once, intact;
 //! - nothing was delivered that was never sent, and nothing damaged;
 //! - a delivery names the offset the store holds the message at; in orderly mode each consumer
@@ -15,11 +19,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use quiver_engine::store::types::MessagePos;
 use serde::Serialize;
+
+/// Where a message is stored: topic (0, the consumed topic; `n`, the `n`th topic made new
+/// during the run), queue id and queue offset.
+pub type StoreKey = (u32, i32, i64);
 
 /// What a producer task recorded of one message.
 #[derive(Debug, Clone)]
 pub struct SendRecord {
+    /// Which topic it was sent to (0: the consumed one; see [`StoreKey`]).
+    pub topic: u32,
     /// The message's id (also in its body).
     pub id: String,
     /// Body length, bytes.
@@ -41,6 +52,9 @@ pub struct Ack {
     pub queue: i32,
     /// Queue offset.
     pub offset: i64,
+    /// Where the broker placed it: shard and log position (the offset message id's physical
+    /// offset), if the answer named one.
+    pub pos: Option<u64>,
 }
 
 /// One message handed to a consumer's handler.
@@ -118,6 +132,8 @@ pub struct Verdict {
     pub sent: u64,
     /// Of those, acknowledged by the broker.
     pub acknowledged: u64,
+    /// Of those, on topics made new during the run (read back, not consumed).
+    pub acknowledged_on_new_topics: u64,
     /// Distinct messages delivered intact.
     pub consumed: u64,
     /// Handler deliveries in all.
@@ -180,7 +196,7 @@ impl Failures {
 pub fn verify(
     sends: &[SendRecord],
     deliveries: &[Delivery],
-    store: &BTreeMap<(i32, i64), Stored>,
+    store: &BTreeMap<StoreKey, Stored>,
     faults: &[Fault],
     rules: &Rules,
 ) -> Verdict {
@@ -193,22 +209,28 @@ pub fn verify(
     let by_id: HashMap<&str, &SendRecord> = sends.iter().map(|s| (s.id.as_str(), s)).collect();
 
     // Where the store holds each id.
-    let mut placed: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
-    for (&(queue, offset), stored) in store {
+    let mut placed: HashMap<&str, Vec<StoreKey>> = HashMap::new();
+    for (&(topic, queue, offset), stored) in store {
         if !stored.intact {
             failures.add("damaged in the store", || {
-                format!("{} at queue {queue} offset {offset}", stored.id)
+                format!(
+                    "{} at topic {topic} queue {queue} offset {offset}",
+                    stored.id
+                )
             });
         }
         if !by_id.contains_key(stored.id.as_str()) {
             failures.add("stored but never sent", || {
-                format!("{} at queue {queue} offset {offset}", stored.id)
+                format!(
+                    "{} at topic {topic} queue {queue} offset {offset}",
+                    stored.id
+                )
             });
         }
         placed
             .entry(stored.id.as_str())
             .or_default()
-            .push((queue, offset));
+            .push((topic, queue, offset));
     }
 
     // Acknowledged messages against the store.
@@ -222,8 +244,11 @@ pub fn verify(
     for send in sends {
         let Some(ack) = send.acked else { continue };
         verdict.acknowledged += 1;
+        if send.topic != 0 {
+            verdict.acknowledged_on_new_topics += 1;
+        }
         let held = store
-            .get(&(ack.queue, ack.offset))
+            .get(&(send.topic, ack.queue, ack.offset))
             .is_some_and(|s| s.id == send.id);
         if held {
             continue;
@@ -232,8 +257,8 @@ pub fn verify(
         if !rules.async_flush {
             failures.add("acknowledged but not in the store", || {
                 format!(
-                    "{} acked at queue {} offset {}",
-                    send.id, ack.queue, ack.offset
+                    "{} acked at topic {} queue {} offset {}",
+                    send.id, send.topic, ack.queue, ack.offset
                 )
             });
             continue;
@@ -256,6 +281,66 @@ pub fn verify(
     }
     verdict.lost_from_store = lost_ids.len() as u64;
     if rules.async_flush {
+        // A crash loses a suffix of each shard's log, so within a queue only the latest offsets:
+        // nothing lost may lie before a message kept that was acknowledged before the kill
+        // (after it began, the answer may come from the restarted broker, which reuses the
+        // positions and offsets the crash freed).
+        let mut kept: HashMap<(u32, i32), Vec<(i64, i64)>> = HashMap::new();
+        let mut kept_in_shard: HashMap<u16, Vec<(u64, i64)>> = HashMap::new();
+        for send in sends {
+            if let Some(ack) = send.acked
+                && !lost_ids.contains(send.id.as_str())
+            {
+                kept.entry((send.topic, ack.queue))
+                    .or_default()
+                    .push((ack.offset, ack.at_ms));
+                if let Some(pos) = ack.pos {
+                    kept_in_shard
+                        .entry(MessagePos::from_u64(pos).shard())
+                        .or_default()
+                        .push((pos, ack.at_ms));
+                }
+            }
+        }
+        for send in sends {
+            let Some(ack) = send.acked else { continue };
+            if !lost_ids.contains(send.id.as_str()) {
+                continue;
+            }
+            let Some(crash) = broker_kills.iter().find(|k| k.end_ms >= ack.at_ms) else {
+                continue;
+            };
+            let later_kept = kept.get(&(send.topic, ack.queue)).and_then(|held| {
+                held.iter()
+                    .find(|&&(offset, at_ms)| offset > ack.offset && at_ms < crash.start_ms)
+            });
+            if let Some(&(offset, _)) = later_kept {
+                failures.add("lost from the middle of a queue", || {
+                    format!(
+                        "{} acked at topic {} queue {} offset {}, offset {offset} kept",
+                        send.id, send.topic, ack.queue, ack.offset
+                    )
+                });
+            }
+            let later_in_log = ack.pos.and_then(|pos| {
+                kept_in_shard
+                    .get(&MessagePos::from_u64(pos).shard())
+                    .and_then(|held| {
+                        held.iter()
+                            .find(|&&(p, at_ms)| p > pos && at_ms < crash.start_ms)
+                            .map(|&(p, _)| (pos, p))
+                    })
+            });
+            if let Some((pos, after)) = later_in_log {
+                failures.add("lost from the middle of a shard's log", || {
+                    format!(
+                        "{} acked at topic {} queue {} offset {} (position {pos:#x}), {after:#x} kept",
+                        send.id, send.topic, ack.queue, ack.offset
+                    )
+                });
+            }
+        }
+
         verdict.max_crash_loss_bytes = crash_bytes.iter().copied().max().unwrap_or(0);
         verdict.crash_losses = crash_count;
         for (crash, &bytes) in crash_bytes.iter().enumerate() {
@@ -300,7 +385,7 @@ pub fn verify(
         delivered_intact.insert(id);
         delivered_at.entry((d.queue, d.offset)).or_insert(id);
         let matches_store = store
-            .get(&(d.queue, d.offset))
+            .get(&(0, d.queue, d.offset))
             .is_some_and(|s| s.id == d.id);
         if !matches_store {
             // Async: read before a crash lost it (acknowledged or not yet: a consumer can see a
@@ -352,7 +437,8 @@ pub fn verify(
     verdict.consumed = delivered_intact.len() as u64;
 
     for send in sends {
-        if send.acked.is_none() || lost_ids.contains(send.id.as_str()) {
+        // Topics made new during the run are read back, not consumed.
+        if send.topic != 0 || send.acked.is_none() || lost_ids.contains(send.id.as_str()) {
             continue;
         }
         if !delivered_intact.contains(send.id.as_str()) {
@@ -409,6 +495,7 @@ mod tests {
 
     fn send(id: &str, at_ms: i64, queue: i32, offset: i64) -> SendRecord {
         SendRecord {
+            topic: 0,
             id: id.into(),
             body_bytes: 50,
             first_attempt_ms: at_ms - 1,
@@ -417,6 +504,7 @@ mod tests {
                 at_ms,
                 queue,
                 offset,
+                pos: Some(1000 * at_ms as u64),
             }),
         }
     }
@@ -432,7 +520,7 @@ mod tests {
         }
     }
 
-    fn stored(entries: &[(i32, i64, &str)]) -> BTreeMap<(i32, i64), Stored> {
+    fn stored(entries: &[(i32, i64, &str)]) -> BTreeMap<StoreKey, Stored> {
         entries
             .iter()
             .map(|&(q, o, id)| {
@@ -440,7 +528,7 @@ mod tests {
                     id: id.into(),
                     intact: true,
                 };
-                ((q, o), s)
+                ((0, q, o), s)
             })
             .collect()
     }
@@ -448,7 +536,7 @@ mod tests {
     type History = (
         Vec<SendRecord>,
         Vec<Delivery>,
-        BTreeMap<(i32, i64), Stored>,
+        BTreeMap<StoreKey, Stored>,
         Vec<Fault>,
     );
 
@@ -477,7 +565,7 @@ mod tests {
     fn failures_of(
         sends: &[SendRecord],
         deliveries: &[Delivery],
-        store: &BTreeMap<(i32, i64), Stored>,
+        store: &BTreeMap<StoreKey, Stored>,
         faults: &[Fault],
         rules: &Rules,
     ) -> Vec<String> {
@@ -496,11 +584,57 @@ mod tests {
     #[test]
     fn a_message_missing_from_the_store_is_lost_in_sync_mode() {
         let (sends, deliveries, mut store, faults) = clean();
-        store.remove(&(1, 0));
+        store.remove(&(0, 1, 0));
         let f = failures_of(&sends, &deliveries, &store, &faults, &RULES);
         assert!(
             f.iter()
                 .any(|l| l.starts_with("acknowledged but not in the store")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_topic_is_read_back_by_offset_and_not_expected_to_be_consumed() {
+        let (mut sends, deliveries, mut store, faults) = clean();
+        let on_new = |id: &str, at_ms, queue, offset| SendRecord {
+            topic: 3,
+            ..send(id, at_ms, queue, offset)
+        };
+        sends.push(on_new("n1", 40, 0, 0));
+        sends.push(on_new("n2", 41, 0, 1));
+        for (offset, id) in [(0, "n1"), (1, "n2")] {
+            let s = Stored {
+                id: id.into(),
+                intact: true,
+            };
+            store.insert((3, 0, offset), s);
+        }
+        let v = verify(&sends, &deliveries, &store, &faults, &RULES);
+        assert_eq!(v.failures, Vec::<String>::new(), "never consumed, not lost");
+        assert_eq!((v.acknowledged, v.acknowledged_on_new_topics), (5, 2));
+        // Its index lost the head: the messages are not where their answers said.
+        let mut moved = store.clone();
+        moved.remove(&(3, 0, 0));
+        let f = failures_of(&sends, &deliveries, &moved, &faults, &RULES);
+        assert!(
+            f.iter()
+                .any(|l| l.starts_with("acknowledged but not in the store")),
+            "{f:?}"
+        );
+        // The same queue id and offset on the consumed topic does not stand in for it.
+        let mut elsewhere = moved.clone();
+        elsewhere.remove(&(3, 0, 1));
+        elsewhere.insert(
+            (0, 0, 5),
+            Stored {
+                id: "n2".into(),
+                intact: true,
+            },
+        );
+        let f = failures_of(&sends, &deliveries, &elsewhere, &faults, &RULES);
+        assert!(
+            f.iter()
+                .any(|l| l.starts_with("acknowledged but not in the store: 2")),
             "{f:?}"
         );
     }
@@ -593,6 +727,49 @@ mod tests {
     }
 
     #[test]
+    fn an_async_crash_loses_only_the_latest_of_a_queue() {
+        let rules = Rules {
+            async_flush: true,
+            ..RULES
+        };
+        let (sends, deliveries, mut store, mut faults) = clean();
+        faults.push(Fault {
+            kind: FaultKind::BrokerKill,
+            start_ms: 200,
+            end_ms: 220,
+        });
+        // "a" (offset 0) gone while "b" (offset 1 of the same queue, acknowledged before the
+        // same crash) was kept: not a suffix, whatever the bound.
+        store.remove(&(0, 0, 0));
+        let f = failures_of(&sends, &deliveries, &store, &faults, &rules);
+        assert!(
+            f.iter()
+                .any(|l| l.starts_with("lost from the middle of a queue")),
+            "{f:?}"
+        );
+        // "b" and "c" lost, "a" kept: the latest of the log, a suffix.
+        let (_, mut deliveries, mut store, _) = clean();
+        store.remove(&(0, 0, 1));
+        store.remove(&(0, 1, 0));
+        deliveries.retain(|d| d.session == 0);
+        let f = failures_of(&sends, &deliveries, &store, &faults, &rules);
+        assert_eq!(f, Vec::<String>::new());
+        // A whole queue ("b" alone on queue 0 here) gone while "c", placed after it in the
+        // same shard's log, was kept: not a suffix of the log.
+        let mut one_queue = sends.clone();
+        one_queue.remove(0);
+        let (_, _, mut store, _) = clean();
+        store.remove(&(0, 0, 0));
+        store.remove(&(0, 0, 1));
+        let f = failures_of(&one_queue, &deliveries, &store, &faults, &rules);
+        assert!(
+            f.iter()
+                .any(|l| l.starts_with("lost from the middle of a shard's log")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
     fn async_crash_losses_are_counted_against_the_bound() {
         let rules = Rules {
             async_flush: true,
@@ -600,8 +777,8 @@ mod tests {
         };
         let (sends, mut deliveries, mut store, mut faults) = clean();
         // "b" and "c" were lost by a crash after their acknowledgements; "b" had been delivered.
-        store.remove(&(0, 1));
-        store.remove(&(1, 0));
+        store.remove(&(0, 0, 1));
+        store.remove(&(0, 1, 0));
         deliveries.retain(|d| d.id != "c" && d.session == 0);
         faults.push(Fault {
             kind: FaultKind::BrokerKill,
@@ -615,6 +792,7 @@ mod tests {
             at_ms: 210,
             queue: 1,
             offset: 0,
+            pos: Some(30_000),
         });
         let v = verify(&read_late, &deliveries, &store, &faults, &rules);
         assert_eq!(v.failures, Vec::<String>::new());
@@ -623,7 +801,7 @@ mod tests {
         let mut sends = sends;
         sends.push(send("d", 300, 0, 1));
         store.insert(
-            (0, 1),
+            (0, 0, 1),
             Stored {
                 id: "d".into(),
                 intact: true,
@@ -650,7 +828,7 @@ mod tests {
                 id: id.into(),
                 intact: true,
             };
-            now_stored.insert((1, offset), s);
+            now_stored.insert((0, 1, offset), s);
         }
         let later = verify(&unanswered, &seen, &now_stored, &faults, &rules);
         assert_eq!(later.failures, Vec::<String>::new());
