@@ -1,6 +1,6 @@
 //! Criterion benches of the store through its public API, as the broker uses it: append
 //! throughput of 1 KiB messages with 1, 2 and N (cores) shards, index lookups, reads of
-//! 32-message batches, and key queries. Callers are 64 tasks on one compio thread, crossing to
+//! 32-message batches, key queries, and encoding the index checkpoint of many queues. Callers are 64 tasks on one compio thread, crossing to
 //! the shard threads over the request channels.
 //!
 //! `cargo bench -p quiver-bench --bench store`; `BENCH_DIR` chooses the disk.
@@ -172,5 +172,37 @@ fn lookups(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, append, lookups);
+/// What a shard's index checkpoint costs to encode (once a second while anything changes) as
+/// its queues grow: 20-byte topic names, 8 queues each.
+fn index_checkpoint(c: &mut Criterion) {
+    use quiver_engine::store::index_checkpoint::{IndexCheckpoint, QueueRange, encode};
+    use quiver_engine::store::shard::QueueId;
+    let mut group = c.benchmark_group("index_checkpoint_encode");
+    for queues in [64u32, 4_000, 40_000] {
+        let checkpoint = IndexCheckpoint {
+            dispatched_pos: 1 << 40,
+            queues: (0..queues)
+                .map(|i| {
+                    let id = QueueId::new(format!("topic-{:014}", i / 8).as_bytes(), i % 8);
+                    (
+                        id,
+                        QueueRange {
+                            min: 0,
+                            max: u64::from(i) * 1000,
+                        },
+                    )
+                })
+                .collect(),
+            deleted: Default::default(),
+        };
+        let bytes = encode(1, &checkpoint).len();
+        group.throughput(Throughput::Bytes(bytes as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(queues), &checkpoint, |b, cp| {
+            b.iter(|| encode(1, cp))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, append, lookups, index_checkpoint);
 criterion_main!(benches);
