@@ -11,7 +11,8 @@
 //! of the other thread per message.
 //!
 //! A queue belongs to the shard that first stored it, for good: shards record the queues they
-//! own as their offset-index directories, and the routing table is rebuilt from them at open.
+//! own as their offset-index directories (and in their index checkpoints), and enter them in
+//! the routing table as they open, create and delete them, in the same step as their own maps.
 //! New queues are placed by hash. Changing the number of threads (`shards`) never loses a
 //! queue: every shard directory found is opened, on thread `k mod threads`; with more threads
 //! than directories, new shards are created and new queues spread over all of them.
