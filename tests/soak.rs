@@ -3,8 +3,8 @@
 //! name server at random intervals, and makes new topics every 2 s and after each broker
 //! restart, each sent to by 32 senders at once; then it checks what every party recorded. In
 //! sync flush mode no acknowledged message may be lost; in async mode a crash may lose at most
-//! the documented bound. The rules themselves are unit-tested in `bench/src/soak/verify.rs`, each against a
-//! history with the fault it must catch; here the real system has to pass them.
+//! the documented bound. The rules themselves are unit-tested in `bench/src/soak/verify.rs`,
+//! each against a history with the fault it must catch; here the real system has to pass them.
 //!
 //! By hand, for longer: `quiver soak --duration 600` (see RELIABILITY.md).
 
