@@ -20,7 +20,8 @@ pub enum StoreCommand {
     Check(CheckArgs),
     /// Open a whole store (every shard's log, then its indexes checked against the index
     /// checkpoint and rebuilt from the log where they lost entries) as a broker start would,
-    /// print what each shard's recovery did and how long the open took, and close it.
+    /// print what each shard's recovery did and how long the open took, and close it. Like a
+    /// start, it repairs what it finds and writes a new index checkpoint.
     Open(OpenArgs),
     /// Append self-verifying records until killed (or `--count`), printing each acknowledged
     /// one as `ack <run> <seq> <pos> <len>`. After a crash, `quiver store check --probe` and
@@ -235,6 +236,7 @@ async fn open(args: OpenArgs) -> anyhow::Result<()> {
             .iter()
             .map(|r| {
                 serde_json::json!({
+                    "shard": r.shard,
                     "log_start": r.log.start,
                     "log_end": r.log.end,
                     "log_records_scanned": r.log.records_scanned,
@@ -249,9 +251,10 @@ async fn open(args: OpenArgs) -> anyhow::Result<()> {
             serde_json::json!({ "open_secs": open_secs, "queues": queues, "shards": shards });
         println!("{summary}");
     } else {
-        for (i, r) in recoveries.iter().enumerate() {
+        for r in &recoveries {
             println!(
-                "shard {i}: log {}..{} ({} records scanned), index checkpoint at {}, {} records re-indexed, {} queues rebuilt from the log start{}",
+                "shard {}: log {}..{} ({} records scanned), index checkpoint at {}, {} records re-indexed, {} queues rebuilt from the log start{}",
+                r.shard,
                 r.log.start,
                 r.log.end,
                 r.log.records_scanned,

@@ -259,7 +259,12 @@ impl CheckpointFiles {
     /// Opens (creating) both files in `dir`; returns the newest valid checkpoint, if any.
     pub(crate) async fn open(dir: &Path) -> io::Result<(CheckpointFiles, Option<IndexCheckpoint>)> {
         let paths = FILE_NAMES.map(|name| dir.join(name));
+        let new = paths.iter().any(|p| !p.exists());
         let files = [open_file(&paths[0]).await?, open_file(&paths[1]).await?];
+        if new {
+            // Their names durable, so a power loss does not take a stored checkpoint away.
+            crate::segment::sync_dir(dir).await?;
+        }
         let mut newest: Option<(u64, IndexCheckpoint)> = None;
         for (file, path) in files.iter().zip(&paths) {
             if let Some((sequence, checkpoint)) = read_copy(file, path).await?

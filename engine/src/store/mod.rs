@@ -56,9 +56,18 @@ use crate::record::Record;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// Which shard owns each queue. Shards enter and remove their own queues, in the same step as
-/// they create or delete them; a caller places a queue not yet created by hash.
-pub(crate) type Routes = Arc<RwLock<HashMap<QueueId, u16>>>;
+/// Which shard owns each queue. Shards enter their own queues as they open and create them, in
+/// the same step as their own maps, and mark them not live as they delete them (a queue keeps
+/// its shard from one life to the next); a caller places a queue not yet created by hash.
+pub(crate) type Routes = Arc<RwLock<HashMap<QueueId, Route>>>;
+
+/// Where a queue lives, and whether it exists now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub(crate) shard: u16,
+    /// The shard holds the queue (not merely placed there, nor deleted).
+    pub(crate) live: bool,
+}
 
 /// A request for a shard thread.
 enum Request {
@@ -185,9 +194,9 @@ impl LocalShards {
         }
     }
 
-    fn local(&self, queue: &QueueId, create: bool) -> Option<(u16, &Shard)> {
-        let shard = if create {
-            Some(self.store.route_or_place(queue))
+    fn local(&self, queue: &QueueId, placed: bool) -> Option<(u16, &Shard)> {
+        let shard = if placed {
+            Some(self.store.shard_for(queue))
         } else {
             self.store.route(queue)
         }?;
@@ -470,7 +479,11 @@ impl Store {
     /// Every queue the store holds.
     pub fn queues(&self) -> Vec<QueueId> {
         let routes = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
-        let mut queues: Vec<QueueId> = routes.keys().cloned().collect();
+        let mut queues: Vec<QueueId> = routes
+            .iter()
+            .filter(|(_, route)| route.live)
+            .map(|(id, _)| id.clone())
+            .collect();
         queues.sort();
         queues
     }
@@ -481,7 +494,15 @@ impl Store {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(queue)
-            .copied()
+            .map(|route| route.shard)
+    }
+
+    /// The shard a queue is on or would be placed on, placing nothing (a long poll on a queue
+    /// not created yet waits there for it).
+    fn shard_for(&self, queue: &QueueId) -> u16 {
+        self.route(queue).unwrap_or_else(|| {
+            place_new_queue(&queue.topic, queue.queue_id, self.inner.shard_count)
+        })
     }
 
     /// The shard of a queue, placing it if new.
@@ -490,9 +511,11 @@ impl Store {
             return shard;
         }
         let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
-        *routes.entry(queue.clone()).or_insert_with(|| {
-            place_new_queue(&queue.topic, queue.queue_id, self.inner.shard_count)
-        })
+        let route = routes.entry(queue.clone()).or_insert_with(|| Route {
+            shard: place_new_queue(&queue.topic, queue.queue_id, self.inner.shard_count),
+            live: false,
+        });
+        route.shard
     }
 
     fn worker(&self, shard: u16) -> &Worker {
@@ -634,7 +657,7 @@ impl Store {
         timeout: Duration,
     ) -> Result<(), StoreError> {
         let queue = QueueId::new(topic, queue_id);
-        let shard = self.route_or_place(&queue);
+        let shard = self.shard_for(&queue);
         self.call(shard, |reply| Request::WaitForMessage {
             shard,
             queue,

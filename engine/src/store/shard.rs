@@ -29,11 +29,11 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use event_listener::Event;
 
-use super::Routes;
 use super::index_checkpoint::{CheckpointFiles, IndexCheckpoint, QueueRange};
 use super::types::{
     Appended, Message, MessagePos, QueueOffsets, ReadOutcome, StoreError, StoredMessage, TagFilter,
 };
+use super::{Route, Routes};
 use crate::commitlog::{CommitLog, TryAppendError};
 use crate::config::StoreConfig;
 use crate::consumequeue::{ConsumeQueue, CqEntry, Opened};
@@ -176,6 +176,8 @@ struct ShardInner {
     queues: RefCell<HashMap<QueueId, Rc<QueueState>>>,
     /// Queues being created: later callers wait for the first.
     creating: RefCell<HashMap<QueueId, Rc<Creation>>>,
+    /// Notified when a queue is entered (long polls on a queue not created yet wait on it).
+    queue_entered: Event,
     /// Topics being deleted: their queues are not created until the deletion is over.
     deleting: RefCell<HashSet<Bytes>>,
     /// Notified when a deletion is over.
@@ -197,6 +199,8 @@ struct ShardInner {
     layout_changed: Cell<bool>,
     /// Offset-index files given up by retention, deleted once a checkpoint no longer needs them.
     retired_files: RefCell<Vec<PathBuf>>,
+    /// The checkpoint file of older stores is gone (removed after the first checkpoint).
+    legacy_removed: Cell<bool>,
     /// One index write at a time (the periodic writer, `close`, open).
     index_writing: futures_util::lock::Mutex<()>,
     closed: Cell<bool>,
@@ -232,6 +236,51 @@ impl Creation {
     }
 }
 
+/// The first caller's hold on a queue being created: whatever becomes of the caller (done,
+/// failed, disowned by a deletion, or dropped half-way), the slot leaves the map if it is
+/// still this one and every waiter is woken.
+struct CreationSlot<'a> {
+    shard: &'a Shard,
+    id: &'a QueueId,
+    creation: &'a Rc<Creation>,
+    failed: Option<StoreError>,
+}
+
+impl CreationSlot<'_> {
+    /// Whether the slot is still this creation's (a deletion disowns it).
+    fn owned(&self) -> bool {
+        self.shard
+            .inner
+            .creating
+            .borrow()
+            .get(self.id)
+            .is_some_and(|c| Rc::ptr_eq(c, self.creation))
+    }
+}
+
+impl Drop for CreationSlot<'_> {
+    fn drop(&mut self) {
+        if self.owned() {
+            self.shard.inner.creating.borrow_mut().remove(self.id);
+        }
+        self.creation.finish(self.failed.take());
+    }
+}
+
+/// A topic deletion in progress: dropped (done, failed or cancelled), the mark goes and the
+/// creations waiting for it go on.
+struct DeletionMark<'a> {
+    shard: &'a Shard,
+    topic: Bytes,
+}
+
+impl Drop for DeletionMark<'_> {
+    fn drop(&mut self) {
+        self.shard.inner.deleting.borrow_mut().remove(&self.topic);
+        self.shard.inner.deletions.notify(usize::MAX);
+    }
+}
+
 /// An index checkpoint to store, and the retired index files it lets go.
 struct Snapshot {
     checkpoint: IndexCheckpoint,
@@ -241,6 +290,8 @@ struct Snapshot {
 /// What reopening a shard found.
 #[derive(Debug, Clone)]
 pub struct ShardRecovery {
+    /// Which shard.
+    pub shard: u16,
     /// The log's recovery.
     pub log: crate::RecoveryReport,
     /// Where the index checkpoint said the indexes were complete on disk (0: none found).
@@ -337,29 +388,26 @@ impl Shard {
                 .creating
                 .borrow_mut()
                 .insert(id.clone(), Rc::clone(&creation));
+            // Dropped unfinished (the caller cancelled): the slot goes and waiters try again.
+            let mut slot = CreationSlot {
+                shard: self,
+                id: &id,
+                creation: &creation,
+                failed: None,
+            };
             let made = self.make_queue_index(&id).await;
             // A deletion of the topic meanwhile disowns the creation: start again after it.
-            let still_ours = {
-                let mut creating = self.inner.creating.borrow_mut();
-                let ours = creating.get(&id).is_some_and(|c| Rc::ptr_eq(c, &creation));
-                if ours {
-                    creating.remove(&id);
-                }
-                ours
-            };
-            if !still_ours {
-                creation.finish(None);
+            if !slot.owned() {
                 continue;
             }
             return match made {
                 Ok(cq) => {
-                    let queue = new_queue(id, cq);
+                    let queue = new_queue(id.clone(), cq);
                     self.enter_queue(Rc::clone(&queue));
-                    creation.finish(None);
                     Ok(queue)
                 }
                 Err(e) => {
-                    creation.finish(Some(e.clone()));
+                    slot.failed = Some(e.clone());
                     Err(e)
                 }
             };
@@ -368,34 +416,39 @@ impl Shard {
 
     /// Makes a new queue's index directory durable and returns its (empty) index. A directory
     /// already there belongs to no queue of this shard (a failed creation, a deletion that
-    /// failed half-way): whatever it holds is not this queue's and is emptied.
+    /// failed half-way): whatever it holds is not this queue's, and it is removed first, in the
+    /// same step as it is found.
     async fn make_queue_index(&self, id: &QueueId) -> Result<ConsumeQueue, StoreError> {
         let path = self.queue_dir(id);
-        let existed = path.exists();
+        if path.exists() {
+            tracing::warn!(shard = self.inner.id, dir = ?path, "removing an offset index directory no queue owns");
+            std::fs::remove_dir_all(&path)
+                .map_err(StoreError::io("removing a leftover offset index"))?;
+        }
         std::fs::create_dir_all(&path).map_err(StoreError::io("creating an offset index"))?;
         for dir in path.ancestors().skip(1).take(2) {
             sync_dir(dir)
                 .await
                 .map_err(StoreError::io("syncing the offset index directory"))?;
         }
-        let file_entries = self.inner.config.cq_file_entries;
-        if !existed {
-            return Ok(ConsumeQueue::new_empty(&path, file_entries));
-        }
-        let max_record = self.inner.config.log.max_record_bytes as u32;
-        let (cq, _) = ConsumeQueue::open(&path, file_entries, max_record, 0)
-            .await
-            .map_err(StoreError::io("opening an offset index"))?;
-        Ok(cq)
+        Ok(ConsumeQueue::new_empty(
+            &path,
+            self.inner.config.cq_file_entries,
+        ))
     }
 
     /// Enters a queue in this shard's map and the store's routes, in one step.
     fn enter_queue(&self, queue: Rc<QueueState>) {
+        let route = Route {
+            shard: self.inner.id,
+            live: true,
+        };
         self.inner
             .routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(queue.id.clone(), self.inner.id);
+            .insert(queue.id.clone(), route);
+        self.inner.queue_entered.notify(usize::MAX);
         let previous = self
             .inner
             .queues
@@ -419,10 +472,15 @@ impl Shard {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let queue = self.queue_or_create(topic, queue_id).await?;
+        let mut queue = self.queue_or_create(topic, queue_id).await?;
         let log = &self.inner.log;
         let mut placed = Vec::with_capacity(messages.len());
         let (ticket, first) = loop {
+            // Deleted while this append waited for room: it goes to the topic's next life.
+            if queue.deleted.get() {
+                queue = self.queue_or_create(topic, queue_id).await?;
+                continue;
+            }
             let first = queue.assigned.get();
             let records: Vec<_> = messages
                 .iter()
@@ -658,8 +716,9 @@ impl Shard {
         self.inner
             .checkpointed
             .set(Some(snapshot.checkpoint.dispatched_pos));
-        let legacy = self.inner.dir.join(recovery::LEGACY_INDEX_CHECKPOINT_FILE);
-        for path in snapshot.retired.into_iter().chain([legacy]) {
+        let legacy = (!self.inner.legacy_removed.replace(true))
+            .then(|| self.inner.dir.join(recovery::LEGACY_INDEX_CHECKPOINT_FILE));
+        for path in snapshot.retired.into_iter().chain(legacy) {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -688,28 +747,39 @@ impl Shard {
     }
 
     /// Waits until the queue's max offset exceeds `offset` or `timeout` passes (long polling).
+    ///
+    /// True if it was woken (a message, or its topic deleted), false if the time passed.
     pub(crate) async fn wait_for_message(
         &self,
         topic: &[u8],
         queue_id: u32,
         offset: u64,
         timeout: Duration,
-    ) {
-        // A queue not written yet is created, so a poll on it is woken by its first message.
-        let Ok(queue) = self.queue_or_create(topic, queue_id).await else {
-            return;
-        };
+    ) -> bool {
         let deadline = Instant::now() + timeout;
+        // A queue not created yet is waited for (a poll creates nothing), then its message.
+        let queue = loop {
+            let listener = self.inner.queue_entered.listen();
+            if let Some(queue) = self.queue(topic, queue_id) {
+                break queue;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            if compio::time::timeout(left, listener).await.is_err() {
+                return false;
+            }
+        };
         loop {
             let listener = queue.arrived.listen();
             if queue.cq.borrow().max_offset() > offset || queue.deleted.get() {
-                return;
+                return true;
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return;
+                return false;
             };
             if compio::time::timeout(left, listener).await.is_err() {
-                return;
+                return false;
             }
         }
     }
@@ -1029,7 +1099,10 @@ impl Shard {
             let given_up = ConsumeQueue::retire_below(&queue.cq, log_start)
                 .await
                 .map_err(StoreError::io("trimming an offset index"))?;
-            self.inner.retired_files.borrow_mut().extend(given_up);
+            // Deleted meanwhile: its files went with it, and the names may be a new life's.
+            if !queue.deleted.get() {
+                self.inner.retired_files.borrow_mut().extend(given_up);
+            }
         }
         self.inner.layout_changed.set(true);
         let doomed: Vec<PathBuf> = {
@@ -1071,10 +1144,8 @@ impl Shard {
             listener.await;
         }
         self.inner.deleting.borrow_mut().insert(topic.clone());
-        let result = self.delete_marked_topic(&topic).await;
-        self.inner.deleting.borrow_mut().remove(&topic);
-        self.inner.deletions.notify(usize::MAX);
-        result
+        let mark = DeletionMark { shard: self, topic };
+        self.delete_marked_topic(&mark.topic).await
     }
 
     async fn delete_marked_topic(&self, topic: &Bytes) -> Result<Vec<QueueId>, StoreError> {
@@ -1091,25 +1162,34 @@ impl Shard {
                 .collect();
             ids.iter().filter_map(|id| queues.remove(id)).collect()
         };
-        self.inner
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|id, shard| !(id.topic == *topic && *shard == self.inner.id));
+        {
+            // The routes stay (a queue keeps its shard from one life to the next, so requests
+            // already routed here and new ones meet), no longer live.
+            let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
+            for queue in &doomed {
+                if let Some(route) = routes.get_mut(&queue.id) {
+                    route.live = false;
+                }
+            }
+        }
         self.inner
             .creating
             .borrow_mut()
             .retain(|id, _| id.topic != *topic);
+        for queue in &doomed {
+            queue.deleted.set(true);
+            queue.arrived.notify(usize::MAX);
+        }
+        // Every record of the deleted life is placed below this; made durable before the
+        // deletion is recorded, so that no crash can cut the log below it and let records of a
+        // new life fall under it.
         let placed_end = self.inner.log.positions().tail;
         self.inner
             .deleted_topics
             .borrow_mut()
             .insert(topic.clone(), placed_end);
-        for queue in &doomed {
-            queue.deleted.set(true);
-            queue.arrived.notify(usize::MAX);
-        }
         self.inner.layout_changed.set(true);
+        self.inner.log.flush().await?;
         // Durable before any file goes: a crash from here on never brings them back.
         self.write_indexes(true).await?;
         for queue in &doomed {
@@ -1328,6 +1408,56 @@ mod tests {
     fn unwritten(shard: &Shard, topic: &[u8]) -> usize {
         let queue = shard.queue(topic, 0).unwrap();
         queue.cq.borrow().unwritten_len()
+    }
+
+    #[compio::test]
+    async fn a_long_poll_creates_no_queue_and_is_woken_by_its_first_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, _) = Shard::open(0, dir.path(), small_config(), Routes::default())
+            .await
+            .unwrap();
+        assert!(
+            !shard
+                .wait_for_message(b"absent", 0, 0, Duration::from_millis(20))
+                .await
+        );
+        assert!(
+            shard.offsets(b"absent", 0).is_none(),
+            "a poll created the queue"
+        );
+        assert!(!shard.queue_dir(&QueueId::new(b"absent", 0)).exists());
+        let poll = shard.wait_for_message(b"t", 0, 0, Duration::from_secs(60));
+        let append = async {
+            shard.append(b"t", 0, &[message(0)]).await.unwrap();
+        };
+        let (woken, ()) = futures_util::future::join(poll, append).await;
+        assert!(
+            woken,
+            "the poll timed out instead of seeing the first message"
+        );
+    }
+
+    #[compio::test]
+    async fn a_creation_dropped_half_way_leaves_no_slot_behind() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, _) = Shard::open(0, dir.path(), small_config(), Routes::default())
+            .await
+            .unwrap();
+        {
+            let mut first = Box::pin(shard.queue_or_create(b"t", 0));
+            assert!(
+                first.as_mut().now_or_never().is_none(),
+                "creation awaits the directory sync"
+            );
+        }
+        let again = compio::time::timeout(Duration::from_secs(10), shard.queue_or_create(b"t", 0));
+        assert!(
+            again.await.is_ok(),
+            "a later caller waited on the dropped creation"
+        );
+        shard.append(b"t", 0, &[message(0)]).await.unwrap();
+        assert_eq!(shard.offsets(b"t", 0).map(|o| o.max), Some(1));
     }
 
     #[compio::test]

@@ -12,12 +12,50 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::*;
-use crate::store::index_checkpoint::{CheckpointFiles, QueueRange};
+use zerocopy::little_endian::U64;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// The index checkpoint of stores written before it named its queues; removed once the new
-/// one is stored.
+use super::*;
+use crate::checkpoint::SlotRecord;
+use crate::store::index_checkpoint::{CheckpointFiles, IndexCheckpoint, QueueRange};
+
+/// The index checkpoint of stores written before it named its queues; read once, in place of
+/// the new one, and removed once the new one is stored.
 pub(super) const LEGACY_INDEX_CHECKPOINT_FILE: &str = "index.checkpoint";
+
+/// What the legacy index checkpoint held: the position alone.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+struct LegacyIndexCheckpoint {
+    dispatched_pos: U64,
+}
+
+impl SlotRecord for LegacyIndexCheckpoint {
+    const MAGIC: [u8; 4] = *b"QVIX";
+    const VERSION: u32 = 1;
+}
+
+/// The position a legacy index checkpoint in `dir` vouches for, if there is a valid one.
+fn legacy_checkpoint(dir: &Path) -> Result<Option<u64>, OpenError> {
+    let path = dir.join(LEGACY_INDEX_CHECKPOINT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_open("reading the legacy index checkpoint")(e)),
+    };
+    Ok(crate::checkpoint::newest::<LegacyIndexCheckpoint>(&bytes)
+        .map(|(_, record)| record.dispatched_pos.get()))
+}
+
+/// Where the indexes on disk are known complete, and how much of them can be checked.
+enum Vouched {
+    /// The index checkpoint: its position, and every queue's range.
+    Checkpoint(IndexCheckpoint),
+    /// A store from before the checkpoint named its queues: the position alone.
+    Legacy(u64),
+    /// Nothing: every index is rebuilt from the log.
+    Nothing,
+}
 
 /// How an opened offset index compares with the range the checkpoint says it held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +69,17 @@ enum Against {
     Rebuild,
     /// It has no entries and should have none: its offsets start here.
     PositionAt(u64),
+}
+
+/// Where a queue whose index is found empty goes on: past its range, or (when the log lost
+/// records the checkpoint had seen indexed, whose offsets are then used again) from its start.
+/// Offsets below the range were retired for good.
+fn restore_offset(range: QueueRange, log_lost_vouched: bool) -> u64 {
+    if log_lost_vouched {
+        range.min
+    } else {
+        range.max
+    }
 }
 
 fn compare(cq: &ConsumeQueue, range: QueueRange) -> Against {
@@ -66,8 +115,21 @@ impl Shard {
             .map_err(io_open("reading the index checkpoint"))?;
         let positions = log.positions();
         let (start, end) = (positions.start, positions.readable);
-        let rebuild_all = checkpoint.is_none();
-        let checkpoint = checkpoint.unwrap_or_default();
+        let found = match checkpoint {
+            Some(checkpoint) => Vouched::Checkpoint(checkpoint),
+            None => legacy_checkpoint(dir)?.map_or(Vouched::Nothing, Vouched::Legacy),
+        };
+        let rebuild_all = matches!(found, Vouched::Nothing);
+        // A legacy position vouches for every index directory, without ranges to check.
+        let legacy = matches!(found, Vouched::Legacy(_));
+        let checkpoint = match found {
+            Vouched::Checkpoint(checkpoint) => checkpoint,
+            Vouched::Legacy(pos) => IndexCheckpoint {
+                dispatched_pos: pos,
+                ..IndexCheckpoint::default()
+            },
+            Vouched::Nothing => IndexCheckpoint::default(),
+        };
         let vouched = checkpoint.dispatched_pos.min(end);
         // Async mode: the log lost records the checkpoint had seen indexed, so the ranges it
         // names may end past what the log still holds.
@@ -93,6 +155,7 @@ impl Shard {
             let keep_below = match (rebuild_all, range) {
                 (true, _) => end,
                 (false, Some(_)) => vouched,
+                (false, None) if legacy => vouched,
                 (false, None) => 0,
             };
             let (mut cq, opened) =
@@ -112,9 +175,7 @@ impl Shard {
                     restore.insert(queue_id.clone(), cq.max_offset());
                 }
             } else if let Some(range) = range {
-                if !log_lost_vouched {
-                    restore.insert(queue_id.clone(), range.max);
-                }
+                restore.insert(queue_id.clone(), restore_offset(range, log_lost_vouched));
                 match compare(&cq, range) {
                     Against::Fine => {}
                     Against::ResumeFrom(pos) => redispatch_from = redispatch_from.min(pos),
@@ -126,7 +187,7 @@ impl Shard {
                         broken.insert(queue_id.clone());
                     }
                 }
-            } else {
+            } else if !legacy {
                 unnamed.push(queue_id.clone());
             }
             queues.insert(queue_id.clone(), new_queue(queue_id, cq));
@@ -137,9 +198,7 @@ impl Shard {
                 tracing::warn!(shard = id, topic = ?queue_id.topic, queue = queue_id.queue_id,
                     "offset index directory missing; rebuilding it from the log");
                 broken.insert(queue_id.clone());
-                if !log_lost_vouched {
-                    restore.insert(queue_id.clone(), range.max);
-                }
+                restore.insert(queue_id.clone(), restore_offset(*range, log_lost_vouched));
             }
         }
 
@@ -167,9 +226,18 @@ impl Shard {
             routes,
             queues: RefCell::new(queues),
             creating: RefCell::new(HashMap::new()),
+            queue_entered: Event::new(),
             deleting: RefCell::new(HashSet::new()),
             deletions: Event::new(),
-            deleted_topics: RefCell::new(checkpoint.deleted.clone()),
+            // A deletion is recorded only once the log holds everything below its position;
+            // one past the log's end would hide a new life's records from a rebuild.
+            deleted_topics: RefCell::new(
+                checkpoint
+                    .deleted
+                    .iter()
+                    .map(|(topic, &before)| (topic.clone(), before.min(end)))
+                    .collect(),
+            ),
             pending: RefCell::new(VecDeque::new()),
             placed: Event::new(),
             dispatched: Cell::new(end),
@@ -179,6 +247,7 @@ impl Shard {
             checkpointed: Cell::new(None),
             layout_changed: Cell::new(true),
             retired_files: RefCell::new(Vec::new()),
+            legacy_removed: Cell::new(false),
             index_writing: futures_util::lock::Mutex::new(()),
             closed: Cell::new(false),
         });
@@ -223,13 +292,20 @@ impl Shard {
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
             for queue_id in shard.inner.queues.borrow().keys() {
-                routes.insert(queue_id.clone(), id);
+                routes.insert(
+                    queue_id.clone(),
+                    Route {
+                        shard: id,
+                        live: true,
+                    },
+                );
             }
         }
         compio::runtime::spawn(dispatcher(Rc::clone(&shard.inner))).detach();
         compio::runtime::spawn(index_writer(Rc::clone(&shard.inner))).detach();
         compio::runtime::spawn(retention(Rc::clone(&shard.inner))).detach();
         let recovery = ShardRecovery {
+            shard: id,
             log: log_report,
             index_checkpoint: checkpoint.dispatched_pos,
             redispatched,
@@ -504,6 +580,106 @@ async fn open_sealed_key_indexes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::types::Message;
+
+    fn config() -> Arc<StoreConfig> {
+        Arc::new(StoreConfig {
+            cq_file_entries: 4,
+            key_index_slots: 64,
+            key_index_entries: 256,
+            log: crate::config::LogConfig {
+                segment_bytes: 256 * 1024,
+                max_record_bytes: 16 * 1024,
+                write_buffer_bytes: 64 * 1024,
+                ..crate::config::LogConfig::default()
+            },
+            ..StoreConfig::default()
+        })
+    }
+
+    fn bodies(n: std::ops::Range<u64>) -> Vec<Message> {
+        n.map(|i| Message {
+            body: Bytes::from(format!("m{i}")),
+            ..Message::default()
+        })
+        .collect()
+    }
+
+    #[compio::test]
+    async fn a_store_with_the_legacy_checkpoint_opens_without_bringing_deleted_topics_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, _) = Shard::open(0, dir.path(), config(), Routes::default())
+            .await
+            .unwrap();
+        shard.append(b"kept", 0, &bodies(0..6)).await.unwrap();
+        shard.append(b"gone", 0, &bodies(0..6)).await.unwrap();
+        shard.delete_topic(b"gone").await.unwrap();
+        shard.append(b"kept", 0, &bodies(6..9)).await.unwrap();
+        let end = shard.inner.log.positions().tail;
+        shard.close().await.unwrap();
+        // As an older version left it: only the position, in the two-slot file.
+        for name in crate::store::index_checkpoint::FILE_NAMES {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        let legacy = dir.path().join(LEGACY_INDEX_CHECKPOINT_FILE);
+        let (mut file, _) = crate::checkpoint::SlotFile::<LegacyIndexCheckpoint>::open(&legacy)
+            .await
+            .unwrap();
+        file.store(&LegacyIndexCheckpoint {
+            dispatched_pos: U64::new(end),
+        })
+        .await
+        .unwrap();
+        drop(file);
+        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default())
+            .await
+            .unwrap();
+        assert!(!recovery.rebuilt_all, "{recovery:?}");
+        assert_eq!(recovery.index_checkpoint, end);
+        assert!(
+            shard.offsets(b"gone", 0).is_none(),
+            "a deleted topic came back"
+        );
+        assert_eq!(shard.offsets(b"kept", 0).map(|o| o.max), Some(9));
+        shard.close().await.unwrap();
+        assert!(
+            !legacy.exists(),
+            "the legacy checkpoint is removed once replaced"
+        );
+        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default())
+            .await
+            .unwrap();
+        assert_eq!((recovery.redispatched, recovery.rebuilt_queues), (0, 0));
+        assert!(shard.offsets(b"gone", 0).is_none());
+        shard.close().await.unwrap();
+    }
+
+    #[compio::test]
+    async fn a_deleted_topic_stays_deleted_through_reopening_and_its_next_life_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, _) = Shard::open(0, dir.path(), config(), Routes::default())
+            .await
+            .unwrap();
+        shard.append(b"t", 0, &bodies(0..10)).await.unwrap();
+        shard.delete_topic(b"t").await.unwrap();
+        shard.append(b"t", 0, &bodies(100..103)).await.unwrap();
+        shard.close().await.unwrap();
+        // Every index of the new life lost: rebuilt from the log start, the old life skipped.
+        std::fs::remove_dir_all(dir.path().join("consumequeue").join("t")).unwrap();
+        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default())
+            .await
+            .unwrap();
+        assert_eq!(recovery.rebuilt_queues, 1, "{recovery:?}");
+        let ReadOutcome::Found { messages, .. } =
+            shard.read(b"t", 0, 0, 100, 1 << 20, None).await.unwrap()
+        else {
+            panic!("the new life is gone")
+        };
+        let got: Vec<Bytes> = messages.iter().map(|m| m.record.body()).collect();
+        let want: Vec<Bytes> = bodies(100..103).into_iter().map(|m| m.body).collect();
+        assert_eq!(got, want);
+        shard.close().await.unwrap();
+    }
 
     fn queue_with(entries: std::ops::Range<u64>) -> ConsumeQueue {
         let mut cq = ConsumeQueue::new_empty(Path::new("/nonexistent"), 16);
