@@ -252,8 +252,64 @@ pub struct StoreConfig {
     pub disk_max_used_ratio: f64,
     /// How often retention runs. Default 10,000, as RocketMQ's `cleanResourceInterval`.
     pub retention_check_interval_ms: u64,
+    /// Most offset-index and key-index files open at once, over all shards (each shard keeps
+    /// its share and closes the least recently used beyond it). 0, the default: a quarter of
+    /// the process's open-file limit, at most 65,536; the rest is left for connections, log
+    /// segments and the runtime.
+    pub open_files_max: usize,
     /// Settings of each shard's commit log.
     pub log: LogConfig,
+}
+
+/// Least index files a shard keeps open whatever the budget.
+pub const OPEN_FILES_PER_SHARD_MIN: usize = 8;
+
+/// Largest budget derived from the open-file limit.
+pub const OPEN_FILES_AUTO_MAX: usize = 65_536;
+
+/// Lowest open-file limit a broker runs under: its index-file budget at the least (8 a shard),
+/// and a reserve for connections, log segments, checkpoints and the runtime.
+pub const OPEN_FILE_LIMIT_MIN: u64 = 128;
+
+/// The process's open-file limit (soft), if it can be read.
+pub fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    read.then_some(limit.rlim_cur)
+}
+
+/// Whether `e` says the process or the system is out of file descriptors.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// What to say when descriptors run out: the cause and the two ways out.
+pub fn descriptor_advice() -> String {
+    let limit = open_file_limit().map_or_else(|| "unknown".to_string(), |l| l.to_string());
+    format!(
+        "too many open files: raise the open-file limit (ulimit -n, now {limit}) or lower \
+         open_files_max (the index files Quiver keeps open)"
+    )
+}
+
+/// Descriptor shortages are logged at most this often (with a count of the others).
+const DESCRIPTOR_ERROR_LOG_MS: u64 = 10_000;
+
+static DESCRIPTOR_ERRORS: crate::log_budget::LogBudget =
+    crate::log_budget::LogBudget::new(1, std::time::Duration::from_millis(DESCRIPTOR_ERROR_LOG_MS));
+
+/// Logs a shortage of descriptors met while doing `op`, as one ERROR with the advice, then at
+/// most every 10 s; returns the advice.
+pub fn report_descriptor_shortage(op: &str) -> String {
+    let advice = descriptor_advice();
+    if let Some(not_logged_before) = DESCRIPTOR_ERRORS.take(std::time::Instant::now()) {
+        tracing::error!(op, not_logged_before, "{advice}");
+    }
+    advice
 }
 
 impl Default for StoreConfig {
@@ -268,6 +324,7 @@ impl Default for StoreConfig {
             retention_hours: 72.0,
             disk_max_used_ratio: 0.75,
             retention_check_interval_ms: 10_000,
+            open_files_max: 0,
             log: LogConfig::default(),
         }
     }
@@ -322,6 +379,43 @@ impl StoreConfig {
         }
         if self.retention_check_interval_ms == 0 {
             return Err(invalid("retention_check_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The index-file budget of the whole store: `open_files_max`, or with 0 a quarter of the
+    /// open-file limit (at most [`OPEN_FILES_AUTO_MAX`]).
+    pub fn open_files_budget(&self) -> usize {
+        if self.open_files_max > 0 {
+            return self.open_files_max;
+        }
+        let limit = open_file_limit().unwrap_or(1024);
+        (limit / 4).min(OPEN_FILES_AUTO_MAX as u64) as usize
+    }
+
+    /// Fails at once, saying what to do, if the open-file limit is too low to run at all.
+    pub fn check_open_file_limit(&self) -> Result<(), ConfigError> {
+        let Some(limit) = open_file_limit() else {
+            return Ok(());
+        };
+        if limit < OPEN_FILE_LIMIT_MIN {
+            return Err(invalid(
+                "open_files_max",
+                format!(
+                    "the open-file limit is {limit}, below the {OPEN_FILE_LIMIT_MIN} Quiver needs \
+                     to run: raise it (ulimit -n, or LimitNOFILE= for a systemd service)"
+                ),
+            ));
+        }
+        let budget = self.open_files_budget() as u64;
+        if budget >= limit {
+            return Err(invalid(
+                "open_files_max",
+                format!(
+                    "{budget} index files would leave nothing of the open-file limit ({limit}) \
+                     for connections and log segments: lower open_files_max or raise the limit"
+                ),
+            ));
         }
         Ok(())
     }

@@ -5,19 +5,22 @@
 //!
 //! Files are named by their first queue offset (20 digits) and end at a multiple of
 //! `file_entries`. Entries are appended by the shard's dispatch in log order, kept in memory
-//! until written, and written through the page cache; the log is the source of truth, so after
+//! until written, and written through the page cache. Files are opened on demand through the
+//! shard's [`FileCache`], which keeps at most its budget of them open; the log is the source of truth, so after
 //! a crash the index is truncated to what the shard's index checkpoint vouches for and rebuilt
 //! from the log (see `shard.rs`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use compio::fs::{File, OpenOptions};
+use compio::fs::File;
 use compio::io::AsyncWriteAtExt;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::file_cache::{Access, FileCache};
 use crate::record::HEADER_BYTES;
 use crate::segment::{parse_segment_name, read_exact_at, segment_name};
 
@@ -94,8 +97,11 @@ pub(crate) enum Opened {
 pub(crate) struct ConsumeQueue {
     dir: PathBuf,
     file_entries: u64,
-    /// First queue offset of each file, and the file.
-    files: BTreeMap<u64, File>,
+    /// Where its files are opened, and its number there.
+    cache: Rc<FileCache>,
+    owner: u64,
+    /// First queue offset of each file.
+    files: BTreeSet<u64>,
     /// The lowest offset whose record is still in the log.
     min_offset: u64,
     /// Offsets below this are in files.
@@ -104,8 +110,8 @@ pub(crate) struct ConsumeQueue {
     unwritten: VecDeque<CqEntry>,
     /// A write of `unwritten` is in flight.
     writing: bool,
-    /// Files written since the last sync.
-    unsynced: Vec<File>,
+    /// Files written since the last sync, by first offset.
+    unsynced: BTreeSet<u64>,
     /// A file was created since the last sync: the directory needs one too.
     created_file: bool,
     /// No entry yet: the first one pushed sets the starting offset.
@@ -117,16 +123,6 @@ pub(crate) struct ConsumeQueue {
 /// A file name is its first queue offset, 20 digits, like a segment.
 fn file_name(first: u64) -> String {
     segment_name(first)
-}
-
-async fn open_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .await
 }
 
 /// Reads entries `[index, index + count)` of `file`.
@@ -143,16 +139,18 @@ async fn read_entries(file: &File, index: u64, count: usize) -> io::Result<Vec<C
 
 impl ConsumeQueue {
     /// The index of a queue that has none on disk yet: no I/O (the caller makes `dir`).
-    pub(crate) fn new_empty(dir: &Path, file_entries: u64) -> ConsumeQueue {
+    pub(crate) fn new_empty(dir: &Path, file_entries: u64, cache: &Rc<FileCache>) -> ConsumeQueue {
         ConsumeQueue {
             dir: dir.to_path_buf(),
             file_entries,
-            files: BTreeMap::new(),
+            owner: cache.owner(),
+            cache: Rc::clone(cache),
+            files: BTreeSet::new(),
             min_offset: 0,
             written: 0,
             unwritten: VecDeque::new(),
             writing: false,
-            unsynced: Vec::new(),
+            unsynced: BTreeSet::new(),
             created_file: false,
             empty: true,
             last_entry_end: None,
@@ -162,14 +160,19 @@ impl ConsumeQueue {
     /// Opens the index in `dir`, keeping only entries whose records start before `keep_below`
     /// (what the shard's index checkpoint vouches for) and are valid; the rest is truncated,
     /// to be re-added from the log. Says from where the log must be re-read for this queue.
+    /// With `vouched_max`, the checkpoint's word that offsets below it are on disk, synced and
+    /// below `keep_below`: when the files reach it, they are cut there without being read.
+    /// Files are opened one at a time through `cache` and left to it.
     ///
     /// It may delete and truncate files, so it is only for an index nothing holds open: the
-    /// shard calls it while opening, and for a queue it is creating (single-flight).
+    /// shard calls it while opening.
     pub(crate) async fn open(
         dir: &Path,
         file_entries: u64,
         max_record_bytes: u32,
         keep_below: u64,
+        vouched_max: Option<u64>,
+        cache: &Rc<FileCache>,
     ) -> io::Result<(ConsumeQueue, Opened)> {
         std::fs::create_dir_all(dir)?;
         let mut found: Vec<(u64, u64)> = Vec::new();
@@ -180,7 +183,7 @@ impl ConsumeQueue {
             }
         }
         found.sort_unstable();
-        let mut queue = ConsumeQueue::new_empty(dir, file_entries);
+        let mut queue = ConsumeQueue::new_empty(dir, file_entries, cache);
         // Every file but the last must be full and followed by the next: a hole means entries
         // the checkpoint vouches for are gone, and only the whole log can restore them.
         let continuous = found.windows(2).all(|w| {
@@ -193,18 +196,20 @@ impl ConsumeQueue {
             }
             return Ok((queue, Opened::Broken));
         }
-        for &(first, _) in &found {
-            queue
-                .files
-                .insert(first, open_file(&dir.join(file_name(first))).await?);
+        queue.files.extend(found.iter().map(|&(first, _)| first));
+        if let (Some(max), Some(&(last, len))) = (vouched_max, found.last())
+            && queue.cut_unread(last, len, max).await?
+        {
+            return Ok((queue, Opened::Intact));
         }
         let mut state = Opened::Intact;
         // From the newest file back: keep its valid entries below `keep_below`; a file left
         // with none is deleted and the one before examined.
-        while let Some((&first, file)) = queue.files.last_key_value() {
+        while let Some(&first) = queue.files.last() {
             let len = found.iter().find(|f| f.0 == first).map_or(0, |f| f.1);
+            let file = queue.file(first, Access::Existing).await?;
             let compio::BufResult(result, bytes) =
-                read_exact_at(file, Vec::new(), len as usize, 0).await;
+                read_exact_at(&file, Vec::new(), len as usize, 0).await;
             result?;
             let valid = valid_prefix(&bytes, max_record_bytes, 0);
             let entries =
@@ -218,27 +223,27 @@ impl ConsumeQueue {
             }
             let keep = entries.partition_point(|e| e.log_pos.get() < keep_below);
             if keep == 0 && queue.files.len() > 1 {
-                queue.files.remove(&first);
-                std::fs::remove_file(dir.join(file_name(first)))?;
+                queue.remove_file(first)?;
                 continue;
             }
             if (keep * CQ_ENTRY_BYTES) as u64 != len {
                 file.set_len((keep * CQ_ENTRY_BYTES) as u64).await?;
                 file.sync_data().await?;
             }
+            drop(file);
             if keep == 0 {
-                queue.files.remove(&first);
-                std::fs::remove_file(dir.join(file_name(first)))?;
+                queue.remove_file(first)?;
                 break;
             }
             queue.written = first + keep as u64;
-            queue.min_offset = *queue.files.keys().next().unwrap_or(&first);
+            queue.min_offset = queue.files.first().copied().unwrap_or(first);
             queue.empty = false;
             queue.last_entry_end = entries.get(keep - 1).map(CqEntry::end);
             break;
         }
         if state == Opened::Broken {
-            for first in std::mem::take(&mut queue.files).into_keys() {
+            for first in std::mem::take(&mut queue.files) {
+                cache.forget((queue.owner, first));
                 std::fs::remove_file(dir.join(file_name(first)))?;
             }
             queue.written = 0;
@@ -247,6 +252,49 @@ impl ConsumeQueue {
             queue.last_entry_end = None;
         }
         Ok((queue, state))
+    }
+
+    /// With the files known continuous and the last at `last` holding `len` bytes: if they
+    /// reach `max` (the checkpoint's word that offsets below it are on disk and vouched for),
+    /// cuts the last file there without reading it and says so; otherwise leaves everything.
+    async fn cut_unread(&mut self, last: u64, len: u64, max: u64) -> io::Result<bool> {
+        let held_to = last + len / CQ_ENTRY_BYTES as u64;
+        let Some(&first) = self.files.first() else {
+            return Ok(false);
+        };
+        if max <= last || max > held_to || max <= first {
+            return Ok(false);
+        }
+        let keep_bytes = (max - last) * CQ_ENTRY_BYTES as u64;
+        if keep_bytes != len {
+            let file = self.file(last, Access::Existing).await?;
+            file.set_len(keep_bytes).await?;
+            file.sync_data().await?;
+        }
+        self.written = max;
+        self.min_offset = first;
+        self.empty = false;
+        Ok(true)
+    }
+
+    /// Its file starting at `first`, through the cache.
+    async fn file(&self, first: u64, access: Access) -> io::Result<File> {
+        let dir = &self.dir;
+        self.cache
+            .get((self.owner, first), || dir.join(file_name(first)), access)
+            .await
+    }
+
+    /// Deletes its file starting at `first` (closing it first).
+    fn remove_file(&mut self, first: u64) -> io::Result<()> {
+        self.files.remove(&first);
+        self.cache.forget((self.owner, first));
+        std::fs::remove_file(self.dir.join(file_name(first)))
+    }
+
+    /// Closes every file it has open (before they are deleted with its directory).
+    pub(crate) fn close_files(&self) {
+        self.cache.forget_owner(self.owner);
     }
 
     /// One past the last offset: the next message of the queue gets this offset.
@@ -303,12 +351,9 @@ impl ConsumeQueue {
         self.unwritten.len()
     }
 
-    /// The file holding `offset` and its first offset.
-    fn file_for(&self, offset: u64) -> Option<(u64, &File)> {
-        self.files
-            .range(..=offset)
-            .next_back()
-            .map(|(&first, file)| (first, file))
+    /// The first offset of the file holding `offset`.
+    fn file_for(&self, offset: u64) -> Option<u64> {
+        self.files.range(..=offset).next_back().copied()
     }
 
     /// First offset past the file that starts at `first`.
@@ -317,8 +362,8 @@ impl ConsumeQueue {
     }
 
     /// What a read of entries `[from, from + count)` needs from files, before any I/O:
-    /// `(file, index in file, count)` pieces, and the entries from memory.
-    fn plan_read(&self, from: u64, count: usize) -> (Vec<(File, u64, usize)>, Vec<CqEntry>) {
+    /// `(file's first offset, index in file, count)` pieces, and the entries from memory.
+    fn plan_read(&self, from: u64, count: usize) -> (Vec<(u64, u64, usize)>, Vec<CqEntry>) {
         let from = from.max(self.min_offset);
         let to = (from + count as u64).min(self.max_offset());
         let mut pieces = Vec::new();
@@ -326,9 +371,9 @@ impl ConsumeQueue {
         let mut at = from;
         while at < to.min(self.written) {
             match self.file_for(at) {
-                Some((first, file)) if self.file_end(first) > at => {
+                Some(first) if self.file_end(first) > at => {
                     let upto = to.min(self.written).min(self.file_end(first));
-                    pieces.push((file.clone(), at - first, (upto - at) as usize));
+                    pieces.push((first, at - first, (upto - at) as usize));
                     at = upto;
                 }
                 // A file is missing: stop before the hole, so offsets stay right.
@@ -353,55 +398,53 @@ impl ConsumeQueue {
         (pieces, memory)
     }
 
-    /// Takes what `write_pending` should write next: the file (created if needed), the index in
-    /// it, and the entries; marks the write in flight.
+    /// Takes what `write_pending` should write next: the file (created if needed), its first
+    /// offset, the index in it, and the entries; marks the write in flight.
     async fn next_write(
         cell: &std::cell::RefCell<ConsumeQueue>,
-    ) -> io::Result<Option<(File, u64, Vec<CqEntry>)>> {
-        let (first, path, new) = {
+    ) -> io::Result<Option<(File, u64, u64, Vec<CqEntry>)>> {
+        let (first, new, cache, owner, dir) = {
             let mut q = cell.borrow_mut();
             if q.writing || q.unwritten.is_empty() {
                 return Ok(None);
             }
             q.writing = true;
             let at = q.written;
-            match q.file_for(at) {
-                Some((first, _)) if at < q.file_end(first) => {
-                    (first, q.dir.join(file_name(first)), false)
-                }
-                _ => (at, q.dir.join(file_name(at)), true),
-            }
+            let (first, new) = match q.file_for(at) {
+                Some(first) if at < q.file_end(first) => (first, false),
+                _ => (at, true),
+            };
+            (first, new, Rc::clone(&q.cache), q.owner, q.dir.clone())
         };
-        let created = if new {
-            match open_file(&path).await {
-                Ok(file) => Some(file),
-                Err(e) => {
-                    cell.borrow_mut().writing = false;
-                    return Err(e);
-                }
-            }
+        let access = if new {
+            Access::Create
         } else {
-            None
+            Access::Existing
+        };
+        let file = match cache
+            .get((owner, first), || dir.join(file_name(first)), access)
+            .await
+        {
+            Ok(file) => file,
+            Err(e) => {
+                cell.borrow_mut().writing = false;
+                return Err(e);
+            }
         };
         let mut q = cell.borrow_mut();
-        if let Some(file) = created {
-            q.files.insert(first, file);
+        if new && q.files.insert(first) {
             q.created_file = true;
         }
         let at = q.written;
         let room = (q.file_end(first) - at) as usize;
         let entries: Vec<CqEntry> = q.unwritten.iter().take(room).copied().collect();
-        let file = match q.files.get(&first) {
-            Some(file) => file.clone(),
-            None => unreachable!("the file for offset {at} was just ensured"),
-        };
-        Ok(Some((file, at - first, entries)))
+        Ok(Some((file, first, at - first, entries)))
     }
 
     /// Writes the entries held in memory to files. Entries pushed meanwhile wait for the next
     /// call. Readers see written entries in memory until the write completes.
     pub(crate) async fn write_pending(cell: &std::cell::RefCell<ConsumeQueue>) -> io::Result<()> {
-        while let Some((file, index, entries)) = ConsumeQueue::next_write(cell).await? {
+        while let Some((file, first, index, entries)) = ConsumeQueue::next_write(cell).await? {
             let mut handle = &file;
             let compio::BufResult(result, _) = handle
                 .write_all_at(entries.as_bytes().to_vec(), index * CQ_ENTRY_BYTES as u64)
@@ -411,16 +454,47 @@ impl ConsumeQueue {
             result?;
             q.written += entries.len() as u64;
             q.unwritten.drain(..entries.len());
-            q.unsynced.push(file);
+            q.unsynced.insert(first);
         }
         Ok(())
     }
 
-    /// Files written since the last call, to be synced by the caller, and the index's
-    /// directory if a file was created in it meanwhile (its entry to be synced too).
-    pub(crate) fn take_unsynced(&mut self) -> (Vec<File>, Option<PathBuf>) {
+    /// Files written since the last call (by first offset), to be synced by the caller, and
+    /// the index's directory if a file was created in it meanwhile (its entry to be synced too).
+    pub(crate) fn take_unsynced(&mut self) -> (Vec<u64>, Option<PathBuf>) {
         let dir = std::mem::take(&mut self.created_file).then(|| self.dir.clone());
-        (std::mem::take(&mut self.unsynced), dir)
+        (
+            std::mem::take(&mut self.unsynced).into_iter().collect(),
+            dir,
+        )
+    }
+
+    /// Syncs the file starting at `first`, if it still exists (retention may have given it
+    /// up). A descriptor opened after the write flushes the same file's pages.
+    pub(crate) async fn sync_file(
+        cell: &std::cell::RefCell<ConsumeQueue>,
+        first: u64,
+    ) -> io::Result<()> {
+        let (cache, owner, dir, held) = {
+            let q = cell.borrow();
+            (
+                Rc::clone(&q.cache),
+                q.owner,
+                q.dir.clone(),
+                q.files.contains(&first),
+            )
+        };
+        if !held {
+            return Ok(());
+        }
+        let file = cache
+            .get(
+                (owner, first),
+                || dir.join(file_name(first)),
+                Access::Existing,
+            )
+            .await?;
+        file.sync_data().await
     }
 
     /// Reads up to `count` entries from `from` (clamped to what exists).
@@ -429,9 +503,20 @@ impl ConsumeQueue {
         from: u64,
         count: usize,
     ) -> io::Result<Vec<CqEntry>> {
-        let (pieces, memory) = cell.borrow().plan_read(from, count);
+        let (pieces, memory, cache, owner, dir) = {
+            let q = cell.borrow();
+            let (pieces, memory) = q.plan_read(from, count);
+            (pieces, memory, Rc::clone(&q.cache), q.owner, q.dir.clone())
+        };
         let mut out = Vec::with_capacity(count);
-        for (file, index, n) in pieces {
+        for (first, index, n) in pieces {
+            let file = cache
+                .get(
+                    (owner, first),
+                    || dir.join(file_name(first)),
+                    Access::Existing,
+                )
+                .await?;
             out.extend(read_entries(&file, index, n).await?);
         }
         out.extend(memory);
@@ -462,15 +547,17 @@ impl ConsumeQueue {
         let doomed: Vec<u64> = {
             let mut q = cell.borrow_mut();
             q.min_offset = q.min_offset.max(lo);
-            let last = q.files.keys().next_back().copied();
+            let last = q.files.last().copied();
             let doomed: Vec<u64> = q
                 .files
-                .keys()
+                .iter()
                 .copied()
                 .filter(|&f| Some(f) != last && q.file_end(f) <= lo)
                 .collect();
             for first in &doomed {
                 q.files.remove(first);
+                q.unsynced.remove(first);
+                q.cache.forget((q.owner, *first));
             }
             doomed
         };
@@ -486,6 +573,10 @@ impl ConsumeQueue {
 mod tests {
     use super::*;
     use std::cell::RefCell;
+
+    fn cache() -> Rc<FileCache> {
+        Rc::new(FileCache::new(64))
+    }
 
     fn entry(i: u64) -> CqEntry {
         CqEntry::new(1000 + i * 200, 100 + (i % 50) as u32, i * 7)
@@ -515,7 +606,7 @@ mod tests {
     async fn entries_cross_files_and_memory_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let q = RefCell::new(
-            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX, None, &cache())
                 .await
                 .unwrap()
                 .0,
@@ -539,7 +630,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
         drop(q);
         let q = RefCell::new(
-            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX, None, &cache())
                 .await
                 .unwrap()
                 .0,
@@ -555,7 +646,7 @@ mod tests {
     async fn opening_keeps_only_what_the_checkpoint_vouches_for() {
         let dir = tempfile::tempdir().unwrap();
         let q = RefCell::new(
-            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX, None, &cache())
                 .await
                 .unwrap()
                 .0,
@@ -567,7 +658,7 @@ mod tests {
         drop(q);
         // Entry 12 starts at 3400: keep records starting below it.
         let q = RefCell::new(
-            ConsumeQueue::open(dir.path(), 8, 1 << 20, 3400)
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, 3400, None, &cache())
                 .await
                 .unwrap()
                 .0,
@@ -581,7 +672,7 @@ mod tests {
         drop(q);
         // Nothing vouched for: the queue is empty and takes its start from the next push.
         let q = RefCell::new(
-            ConsumeQueue::open(dir.path(), 8, 1 << 20, 0)
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, 0, None, &cache())
                 .await
                 .unwrap()
                 .0,
@@ -595,7 +686,7 @@ mod tests {
     async fn a_torn_tail_entry_is_dropped_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let q = RefCell::new(
-            ConsumeQueue::open(dir.path(), 100, 1 << 20, u64::MAX)
+            ConsumeQueue::open(dir.path(), 100, 1 << 20, u64::MAX, None, &cache())
                 .await
                 .unwrap()
                 .0,
@@ -610,7 +701,7 @@ mod tests {
         bytes.truncate(bytes.len() - 7);
         std::fs::write(&path, bytes).unwrap();
         let q = RefCell::new(
-            ConsumeQueue::open(dir.path(), 100, 1 << 20, u64::MAX)
+            ConsumeQueue::open(dir.path(), 100, 1 << 20, u64::MAX, None, &cache())
                 .await
                 .unwrap()
                 .0,
@@ -626,7 +717,7 @@ mod tests {
     async fn retiring_moves_the_minimum_and_deletes_whole_files_but_the_last() {
         let dir = tempfile::tempdir().unwrap();
         let q = RefCell::new(
-            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX)
+            ConsumeQueue::open(dir.path(), 8, 1 << 20, u64::MAX, None, &cache())
                 .await
                 .unwrap()
                 .0,

@@ -63,6 +63,12 @@ impl LogError {
                 segment: segment.display().to_string(),
                 source: Arc::new(source),
             },
+            Some(libc::EMFILE) | Some(libc::ENFILE) => LogError::io(
+                "preparing a segment",
+                io::Error::other(crate::config::report_descriptor_shortage(
+                    "preparing a segment",
+                )),
+            ),
             _ => LogError::io("preparing a segment", source),
         }
     }

@@ -11,13 +11,15 @@
 //! active index is rebuilt from the log.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use compio::fs::{File, OpenOptions};
+use compio::fs::OpenOptions;
 use compio::io::AsyncWriteAtExt;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::file_cache::{Access, FileCache, FileKey};
 use crate::segment::read_exact_at;
 
 /// Identifies a key index file.
@@ -301,23 +303,37 @@ impl ActiveKeyIndex {
     }
 }
 
-/// A sealed index file on disk; its header is kept in memory. Cloning shares the file handle.
+/// A sealed index file on disk; its header is kept in memory, the file opened on demand through
+/// the shard's [`FileCache`] (under the key index's owner number and the file's first log
+/// position). Cloning shares nothing but the names.
 #[derive(Clone)]
 pub(crate) struct SealedKeyIndex {
     pub(crate) header: KeyIndexHeader,
-    file: File,
+    path: PathBuf,
+    key: FileKey,
+    cache: Rc<FileCache>,
 }
 
 impl SealedKeyIndex {
-    /// Writes `active` to `path` durably and opens it.
+    /// Writes `active` to `path` durably.
     #[cfg(test)]
-    pub(crate) async fn seal(active: &ActiveKeyIndex, path: &Path) -> io::Result<SealedKeyIndex> {
-        SealedKeyIndex::seal_encoded(active.encode(), path).await
+    pub(crate) async fn seal(
+        active: &ActiveKeyIndex,
+        path: &Path,
+        key: FileKey,
+        cache: &Rc<FileCache>,
+    ) -> io::Result<SealedKeyIndex> {
+        SealedKeyIndex::seal_encoded(active.encode(), path, key, cache).await
     }
 
     /// Writes an encoded index (from [`ActiveKeyIndex::encode`]) to `path` durably, through a
-    /// temporary name so a crash never leaves a partial file under a final name, and opens it.
-    pub(crate) async fn seal_encoded(bytes: Vec<u8>, path: &Path) -> io::Result<SealedKeyIndex> {
+    /// temporary name so a crash never leaves a partial file under a final name.
+    pub(crate) async fn seal_encoded(
+        bytes: Vec<u8>,
+        path: &Path,
+        key: FileKey,
+        cache: &Rc<FileCache>,
+    ) -> io::Result<SealedKeyIndex> {
         let header = KeyIndexHeader::parse(&bytes).map_err(io::Error::other)?;
         let tmp = path.with_extension("tmp");
         let file = OpenOptions::new()
@@ -331,13 +347,23 @@ impl SealedKeyIndex {
         file.sync_data().await?;
         drop(file);
         compio::fs::rename(&tmp, path).await?;
-        let file = OpenOptions::new().read(true).open(path).await?;
-        Ok(SealedKeyIndex { header, file })
+        Ok(SealedKeyIndex {
+            header,
+            path: path.to_path_buf(),
+            key,
+            cache: Rc::clone(cache),
+        })
     }
 
     /// Opens a sealed file, checking its header and size.
-    pub(crate) async fn open(path: &Path) -> io::Result<SealedKeyIndex> {
-        let file = OpenOptions::new().read(true).open(path).await?;
+    pub(crate) async fn open(
+        path: &Path,
+        key: FileKey,
+        cache: &Rc<FileCache>,
+    ) -> io::Result<SealedKeyIndex> {
+        let file = cache
+            .get(key, || path.to_path_buf(), Access::Existing)
+            .await?;
         let compio::BufResult(result, bytes) =
             read_exact_at(&file, Vec::new(), KEY_INDEX_HEADER_BYTES, 0).await;
         result?;
@@ -349,7 +375,17 @@ impl SealedKeyIndex {
                 available: len as usize,
             }));
         }
-        Ok(SealedKeyIndex { header, file })
+        Ok(SealedKeyIndex {
+            header,
+            path: path.to_path_buf(),
+            key,
+            cache: Rc::clone(cache),
+        })
+    }
+
+    /// Closes its file if it is open (before it is deleted).
+    pub(crate) fn close(&self) {
+        self.cache.forget(self.key);
     }
 
     /// Entries whose key hash is `hash`, newest first, up to `limit`, as (log position, store
@@ -359,8 +395,11 @@ impl SealedKeyIndex {
         let entry_count = self.header.entry_count.get();
         let slot_at = (KEY_INDEX_HEADER_BYTES + (hash % slot_count) as usize * 4) as u64;
         let entries_at = KEY_INDEX_HEADER_BYTES as u64 + u64::from(slot_count) * 4;
-        let compio::BufResult(result, bytes) =
-            read_exact_at(&self.file, Vec::new(), 4, slot_at).await;
+        let file = self
+            .cache
+            .get(self.key, || self.path.clone(), Access::Existing)
+            .await?;
+        let compio::BufResult(result, bytes) = read_exact_at(&file, Vec::new(), 4, slot_at).await;
         result?;
         let mut next = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         let mut found = Vec::new();
@@ -373,7 +412,7 @@ impl SealedKeyIndex {
             steps += 1;
             let at = entries_at + u64::from(next - 1) * KEY_ENTRY_BYTES as u64;
             let compio::BufResult(result, bytes) =
-                read_exact_at(&self.file, Vec::new(), KEY_ENTRY_BYTES, at).await;
+                read_exact_at(&file, Vec::new(), KEY_ENTRY_BYTES, at).await;
             result?;
             let entry = KeyEntry::read_from_bytes(&bytes)
                 .map_err(|_| io::Error::other("short key index entry"))?;
@@ -475,8 +514,11 @@ mod tests {
         }
         index.set_end(4096 + 500 * 64);
         let path = dir.path().join("00000000000000004096");
-        let sealed = SealedKeyIndex::seal(&index, &path).await.unwrap();
-        let reopened = SealedKeyIndex::open(&path).await.unwrap();
+        let cache = Rc::new(FileCache::new(4));
+        let sealed = SealedKeyIndex::seal(&index, &path, (0, 1), &cache)
+            .await
+            .unwrap();
+        let reopened = SealedKeyIndex::open(&path, (0, 2), &cache).await.unwrap();
         assert_eq!(reopened.header, sealed.header);
         for k in 0..37 {
             let hash = key_hash(b"t", format!("k{k}").as_bytes());

@@ -30,6 +30,7 @@ pub mod commitlog;
 pub mod config;
 pub mod consumequeue;
 mod error;
+pub(crate) mod file_cache;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod keyindex;

@@ -308,8 +308,105 @@ const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// Least time between two warnings of failed accepts.
 const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Descriptors every process keeps back from connections whatever else reserves: listeners,
+/// runtimes, logs, the spare descriptors.
+const BASE_RESERVED_FDS: usize = 48;
+
+/// Connections open in this process, over every server in it.
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Descriptors servers and stores in this process have reserved (index-file budgets, log
+/// segments): connections get what the open-file limit leaves.
+static RESERVED_FDS: AtomicUsize = AtomicUsize::new(BASE_RESERVED_FDS);
+
+/// Keeps `fds` descriptors from connections until the reservation is dropped (a broker
+/// reserves its store's index-file budget and segments): past the open-file limit less every
+/// reservation, new connections are refused at once, so that what the store needs is there.
+pub fn reserve_descriptors(fds: usize) -> Reservation {
+    RESERVED_FDS.fetch_add(fds, Ordering::Relaxed);
+    Reservation(fds)
+}
+
+/// Descriptors kept from connections; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation(usize);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        RESERVED_FDS.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Most connections the process takes: the open-file limit less what is reserved (none when
+/// the limit cannot be read).
+pub fn connections_max() -> Option<usize> {
+    let limit = quiver_engine::config::open_file_limit()?;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    Some(limit.saturating_sub(RESERVED_FDS.load(Ordering::Relaxed)))
+}
+
+/// Counts a connection open until dropped.
+struct Counted;
+
+impl Counted {
+    /// Counts one more, or `None` at the limit.
+    fn admit(max: Option<usize>) -> Option<Counted> {
+        let open = CONNECTIONS.fetch_add(1, Ordering::AcqRel);
+        if max.is_some_and(|max| open >= max) {
+            CONNECTIONS.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Counted)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        CONNECTIONS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refusals at the connection limit are logged at most this often (with a count).
+const CONNECTION_LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a connection waiting in the backlog is looked for once the spare descriptor is
+/// given up to refuse it.
+const REFUSE_WAIT: Duration = Duration::from_millis(5);
+
+/// A descriptor kept spare, so that when the process runs out a waiting connection can still be
+/// accepted and closed at once (the client learns now, instead of hanging in the backlog).
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn take() -> Spare {
+        Spare(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Out of descriptors: gives the spare up, accepts the connection waiting first and closes
+    /// it, then takes the spare again. True if one was refused.
+    async fn refuse_one(&mut self, listener: &TcpListener) -> bool {
+        if self.0.take().is_none() {
+            *self = Spare::take();
+            return false;
+        }
+        let accept = std::pin::pin!(listener.accept());
+        let wait = std::pin::pin!(compio::time::sleep(REFUSE_WAIT));
+        let refused = match select(accept, wait).await {
+            Either::Left((Ok((stream, _)), _)) => {
+                drop(stream);
+                true
+            }
+            _ => false,
+        };
+        *self = Spare::take();
+        refused
+    }
+}
+
 /// Accepts connections on `listener` and serves each with `service` until `stop` completes.
-/// Connections already open are served until they close.
+/// Connections already open are served until they close. Out of descriptors, it refuses the
+/// connections waiting (accepted with a spare descriptor and closed at once) and logs one
+/// ERROR with the advice, until descriptors free up.
 pub async fn serve<S: Service>(
     listener: TcpListener,
     service: Rc<S>,
@@ -318,6 +415,8 @@ pub async fn serve<S: Service>(
 ) {
     let mut stop = std::pin::pin!(stop);
     let accept_warnings = LogBudget::new(1, ACCEPT_WARNING_INTERVAL);
+    let limit_warnings = LogBudget::new(1, CONNECTION_LIMIT_LOG_INTERVAL);
+    let mut spare = Spare::take();
     loop {
         let accepted = {
             let accept = std::pin::pin!(listener.accept());
@@ -328,17 +427,33 @@ pub async fn serve<S: Service>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                compio::runtime::spawn(serve_connection(
-                    stream,
-                    peer,
-                    Rc::clone(&service),
-                    options,
-                ))
+                let max = connections_max();
+                let Some(counted) = Counted::admit(max) else {
+                    // Closed at once: the client learns now, and the store keeps its files.
+                    drop(stream);
+                    if let Some(not_logged_before) = limit_warnings.take(Instant::now()) {
+                        let advice = quiver_engine::config::descriptor_advice();
+                        tracing::error!(%peer, max, not_logged_before, "connection refused at the connection limit the open-file limit leaves; {advice}");
+                    }
+                    continue;
+                };
+                let service = Rc::clone(&service);
+                compio::runtime::spawn(async move {
+                    let _counted = counted;
+                    serve_connection(stream, peer, service, options).await;
+                })
                 .detach();
             }
+            Err(e) if quiver_engine::config::out_of_descriptors(&e) => {
+                // Keep serving the connections there are; refuse the one waiting rather than
+                // leave it hanging.
+                quiver_engine::config::report_descriptor_shortage("accepting a connection");
+                if !spare.refuse_one(&listener).await {
+                    compio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                }
+            }
             Err(e) => {
-                // Out of descriptors and the like: keep serving the connections there are, and
-                // say so once a second at most, not at every retry.
+                // Say so once a second at most, not at every retry.
                 if let Some(not_logged_before) = accept_warnings.take(Instant::now()) {
                     tracing::warn!(error = %e, not_logged_before, "accept failed");
                 }

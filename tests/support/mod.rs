@@ -153,7 +153,16 @@ impl Standalone {
         Standalone::spawn(config, data_dir, Some(log))
     }
 
-    fn spawn(config: &Path, data_dir: &Path, log: Option<&LogLines>) -> Standalone {
+    /// As [`Standalone::start`], under an open-file limit of `limit` (soft and hard, set in the
+    /// child before it runs, so the process cannot raise it).
+    pub fn start_with_file_limit(config: &Path, data_dir: &Path, limit: u64) -> Standalone {
+        let mut command = Standalone::command(config, data_dir);
+        limit_open_files(&mut command, limit);
+        Standalone::spawn_command(command, data_dir, config, None)
+    }
+
+    /// `quiver standalone` with `config` and `data_dir`, output piped.
+    pub fn command(config: &Path, data_dir: &Path) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
         command
             .arg("standalone")
@@ -163,6 +172,20 @@ impl Standalone {
             .arg(data_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
+        command
+    }
+
+    fn spawn(config: &Path, data_dir: &Path, log: Option<&LogLines>) -> Standalone {
+        let command = Standalone::command(config, data_dir);
+        Standalone::spawn_command(command, data_dir, config, log)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        data_dir: &Path,
+        config: &Path,
+        log: Option<&LogLines>,
+    ) -> Standalone {
         if log.is_some() {
             command.env("NO_COLOR", "1").stderr(Stdio::piped());
         } else {
@@ -258,6 +281,25 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::Exit
             "quiver did not exit within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes `command` run under an open-file limit of `limit`, soft and hard.
+pub fn limit_open_files(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls setrlimit,
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -50,8 +50,9 @@ use self::shard::{QueueId, Shard, ShardRecovery};
 use self::types::{
     Appended, Message, MessagePos, QueueOffsets, ReadOutcome, StoreError, StoredMessage, TagFilter,
 };
-use crate::config::StoreConfig;
+use crate::config::{OPEN_FILES_PER_SHARD_MIN, StoreConfig};
 use crate::error::OpenError;
+use crate::file_cache::FileCache;
 use crate::record::Record;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -404,6 +405,8 @@ impl Store {
     /// shard. Blocks until all are ready.
     pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
         config.validate()?;
+        config.check_open_file_limit()?;
+        let budget = config.open_files_budget();
         let root = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&root).map_err(OpenError::io("creating the store directory"))?;
         let threads = config.thread_count();
@@ -426,10 +429,23 @@ impl Store {
             let (tx, rx) = flume::bounded(config.request_queue_depth);
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let (root, config, routes) = (root.clone(), Arc::clone(&config), Arc::clone(&routes));
+            // This thread's part of the index-file budget, by its share of the shards.
+            let files_budget = (budget * shards.len() / usize::from(shard_count).max(1))
+                .max(OPEN_FILES_PER_SHARD_MIN * shards.len().max(1));
             let core = (config.pin_threads).then_some(thread % cores);
             let join = std::thread::Builder::new()
                 .name(format!("quiver-shard-{thread}"))
-                .spawn(move || run_thread(core, shards, root, config, routes, rx, ready_tx))
+                .spawn(move || {
+                    let plan = ThreadPlan {
+                        core,
+                        shard_ids: shards,
+                        root,
+                        config,
+                        routes,
+                        files_budget,
+                    };
+                    run_thread(plan, rx, ready_tx)
+                })
                 .map_err(OpenError::io("starting a shard thread"))?;
             workers.push(Worker {
                 tx,
@@ -805,15 +821,30 @@ impl Store {
 
 type Opened = Vec<ShardRecovery>;
 
-fn run_thread(
+/// What a shard thread runs: its core, its shards, and what they share with the store.
+struct ThreadPlan {
     core: Option<usize>,
     shard_ids: Vec<u16>,
     root: PathBuf,
     config: Arc<StoreConfig>,
     routes: Routes,
+    /// Its part of the store's index-file budget.
+    files_budget: usize,
+}
+
+fn run_thread(
+    plan: ThreadPlan,
     rx: flume::Receiver<Request>,
     ready: std::sync::mpsc::Sender<Result<Opened, OpenError>>,
 ) {
+    let ThreadPlan {
+        core,
+        shard_ids,
+        root,
+        config,
+        routes,
+        files_budget,
+    } = plan;
     let mut builder = compio::runtime::RuntimeBuilder::new();
     if let Some(core) = core {
         builder.thread_affinity(HashSet::from([core]));
@@ -831,9 +862,13 @@ fn run_thread(
     runtime.block_on(async move {
         let mut shards = HashMap::new();
         let mut opened = Vec::new();
+        // The thread's shards share one cache: its part of the store's index-file budget.
+        let files = Rc::new(FileCache::new(files_budget));
         for id in shard_ids {
             let routes = Arc::clone(&routes);
-            match Shard::open(id, &shard_dir(&root, id), Arc::clone(&config), routes).await {
+            let files = Rc::clone(&files);
+            let shard_dir = shard_dir(&root, id);
+            match Shard::open(id, &shard_dir, Arc::clone(&config), routes, files).await {
                 Ok((shard, recovery)) => {
                     opened.push(recovery);
                     shards.insert(id, shard);

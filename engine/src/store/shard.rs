@@ -38,10 +38,14 @@ use crate::commitlog::{CommitLog, TryAppendError};
 use crate::config::StoreConfig;
 use crate::consumequeue::{ConsumeQueue, CqEntry, Opened};
 use crate::error::{OpenError, ReadError};
+use crate::file_cache::FileCache;
 use crate::keyindex::{ActiveKeyIndex, Full, SealedKeyIndex, key_hash};
 use crate::log_budget::LogBudget;
 use crate::record::{HEADER_BYTES, KEY_SEPARATOR, Record};
 use crate::segment::{parse_segment_name, segment_name, sync_dir};
+
+/// Most directory syncs of new queues at once, per shard.
+const DIR_SYNCS_MAX: usize = 8;
 
 /// How often unwritten offset-index entries are written out.
 const INDEX_WRITE_INTERVAL_MS: u64 = 10;
@@ -136,6 +140,8 @@ struct PendingItem {
 /// The key indexes of a shard: the active one in memory, full ones being written, sealed files.
 struct KeyIndexes {
     dir: PathBuf,
+    /// Its number in the shard's file cache.
+    owner: u64,
     slots: u32,
     entries: usize,
     active: ActiveKeyIndex,
@@ -174,6 +180,11 @@ struct ShardInner {
     /// removes them as it deletes them, in the same step as its own map.
     routes: Routes,
     queues: RefCell<HashMap<QueueId, Rc<QueueState>>>,
+    /// Its open index files, within its share of the descriptor budget.
+    files: Rc<FileCache>,
+    /// Directory syncs of queues being created, at most [`DIR_SYNCS_MAX`] at once (each holds
+    /// a descriptor; hundreds of queues created at once must not run the process out).
+    dir_syncs: Permits,
     /// Queues being created: later callers wait for the first.
     creating: RefCell<HashMap<QueueId, Rc<Creation>>>,
     /// Notified when a queue is entered (long polls on a queue not created yet wait on it).
@@ -278,6 +289,44 @@ impl Drop for DeletionMark<'_> {
     fn drop(&mut self) {
         self.shard.inner.deleting.borrow_mut().remove(&self.topic);
         self.shard.inner.deletions.notify(usize::MAX);
+    }
+}
+
+/// A count of permits on one thread: at most so many holders at once, the others wait.
+struct Permits {
+    free: Cell<usize>,
+    returned: Event,
+}
+
+/// A permit held; returned when dropped.
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    fn new(count: usize) -> Permits {
+        Permits {
+            free: Cell::new(count),
+            returned: Event::new(),
+        }
+    }
+
+    async fn acquire(&self) -> Permit<'_> {
+        loop {
+            if self.free.get() > 0 {
+                self.free.set(self.free.get() - 1);
+                return Permit(self);
+            }
+            let listener = self.returned.listen();
+            if self.free.get() == 0 {
+                listener.await;
+            }
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.free.set(self.0.free.get() + 1);
+        self.0.returned.notify(1);
     }
 }
 
@@ -426,6 +475,7 @@ impl Shard {
                 .map_err(StoreError::io("removing a leftover offset index"))?;
         }
         std::fs::create_dir_all(&path).map_err(StoreError::io("creating an offset index"))?;
+        let _permit = self.inner.dir_syncs.acquire().await;
         for dir in path.ancestors().skip(1).take(2) {
             sync_dir(dir)
                 .await
@@ -434,6 +484,7 @@ impl Shard {
         Ok(ConsumeQueue::new_empty(
             &path,
             self.inner.config.cq_file_entries,
+            &self.inner.files,
         ))
     }
 
@@ -614,7 +665,9 @@ impl Shard {
             let Some((begin, bytes)) = next else { break };
             if let Some(bytes) = bytes {
                 let path = self.inner.keys.borrow().dir.join(segment_name(begin));
-                let sealed = SealedKeyIndex::seal_encoded(bytes, &path)
+                let owner = self.inner.keys.borrow().owner;
+                let key = (owner, begin);
+                let sealed = SealedKeyIndex::seal_encoded(bytes, &path, key, &self.inner.files)
                     .await
                     .map_err(StoreError::io("sealing a key index"))?;
                 self.inner.keys.borrow_mut().sealed.insert(begin, sealed);
@@ -680,13 +733,18 @@ impl Shard {
             .queues
             .borrow()
             .values()
-            .map(|q| q.cq.borrow_mut().take_unsynced())
+            .map(|q| {
+                let (firsts, dir) = q.cq.borrow_mut().take_unsynced();
+                ((Rc::clone(q), firsts), dir)
+            })
             .unzip();
         let synced = async {
-            for file in files.into_iter().flatten() {
-                file.sync_data()
-                    .await
-                    .map_err(StoreError::io("syncing an offset index"))?;
+            for (queue, firsts) in files {
+                for first in firsts {
+                    ConsumeQueue::sync_file(&queue.cq, first)
+                        .await
+                        .map_err(StoreError::io("syncing an offset index"))?;
+                }
             }
             // New files' directory entries, so that a power loss does not lose them.
             for dir in dirs.into_iter().flatten() {
@@ -821,9 +879,21 @@ impl Shard {
         }
         let count = max_count.clamp(1, READ_ENTRIES_MAX);
         let max_bytes = max_bytes.min(READ_BYTES_MAX);
-        let entries = ConsumeQueue::entries(&queue.cq, offset, count)
-            .await
-            .map_err(StoreError::io("reading an offset index"))?;
+        let entries = match ConsumeQueue::entries(&queue.cq, offset, count).await {
+            Ok(entries) => entries,
+            // Retention gave the file up while this read waited to open it.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && offset < queue.cq.borrow().min_offset() =>
+            {
+                let cq = queue.cq.borrow();
+                return Ok(ReadOutcome::OffsetMoved {
+                    min_offset: cq.min_offset(),
+                    max_offset: cq.max_offset(),
+                });
+            }
+            Err(e) => return Err(StoreError::io("reading an offset index")(e)),
+        };
         let mut wanted = Vec::with_capacity(entries.len());
         let mut next_offset = offset;
         let mut bytes = 0usize;
@@ -1114,7 +1184,9 @@ impl Shard {
                 .map(|(&b, _)| b)
                 .collect();
             for b in &gone {
-                keys.sealed.remove(b);
+                if let Some(sealed) = keys.sealed.remove(b) {
+                    sealed.close();
+                }
             }
             gone.iter()
                 .map(|&b| keys.dir.join(segment_name(b)))
@@ -1193,6 +1265,7 @@ impl Shard {
         // Durable before any file goes: a crash from here on never brings them back.
         self.write_indexes(true).await?;
         for queue in &doomed {
+            queue.cq.borrow().close_files();
             match std::fs::remove_dir_all(self.queue_dir(&queue.id)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1413,9 +1486,15 @@ mod tests {
     #[compio::test]
     async fn a_long_poll_creates_no_queue_and_is_woken_by_its_first_message() {
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(0, dir.path(), small_config(), Routes::default())
-            .await
-            .unwrap();
+        let (shard, _) = Shard::open(
+            0,
+            dir.path(),
+            small_config(),
+            Routes::default(),
+            Rc::new(FileCache::new(16)),
+        )
+        .await
+        .unwrap();
         assert!(
             !shard
                 .wait_for_message(b"absent", 0, 0, Duration::from_millis(20))
@@ -1441,9 +1520,15 @@ mod tests {
     async fn a_creation_dropped_half_way_leaves_no_slot_behind() {
         use futures_util::FutureExt;
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(0, dir.path(), small_config(), Routes::default())
-            .await
-            .unwrap();
+        let (shard, _) = Shard::open(
+            0,
+            dir.path(),
+            small_config(),
+            Routes::default(),
+            Rc::new(FileCache::new(16)),
+        )
+        .await
+        .unwrap();
         {
             let mut first = Box::pin(shard.queue_or_create(b"t", 0));
             assert!(
@@ -1463,9 +1548,15 @@ mod tests {
     #[compio::test]
     async fn a_failed_index_write_keeps_every_queue_it_did_not_write_for_the_retry() {
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(0, dir.path(), small_config(), Routes::default())
-            .await
-            .unwrap();
+        let (shard, _) = Shard::open(
+            0,
+            dir.path(),
+            small_config(),
+            Routes::default(),
+            Rc::new(FileCache::new(16)),
+        )
+        .await
+        .unwrap();
         shard.append(b"a", 0, &[message(0)]).await.unwrap();
         shard.append(b"b", 0, &[message(1)]).await.unwrap();
         shard.write_indexes(true).await.unwrap();
@@ -1483,9 +1574,15 @@ mod tests {
         assert_eq!(unwritten(&shard, b"a"), 0, "queue a written on the retry");
         assert_eq!(unwritten(&shard, b"b"), 0, "queue b written on the retry");
         shard.close().await.unwrap();
-        let (_, recovery) = Shard::open(0, dir.path(), small_config(), Routes::default())
-            .await
-            .unwrap();
+        let (_, recovery) = Shard::open(
+            0,
+            dir.path(),
+            small_config(),
+            Routes::default(),
+            Rc::new(FileCache::new(16)),
+        )
+        .await
+        .unwrap();
         assert_eq!(recovery.redispatched, 0, "{recovery:?}");
         assert_eq!(recovery.rebuilt_queues, 0, "{recovery:?}");
     }
@@ -1493,9 +1590,15 @@ mod tests {
     #[compio::test]
     async fn a_close_whose_indexes_cannot_be_written_closes_the_log_and_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(0, dir.path(), small_config(), Routes::default())
-            .await
-            .unwrap();
+        let (shard, _) = Shard::open(
+            0,
+            dir.path(),
+            small_config(),
+            Routes::default(),
+            Rc::new(FileCache::new(16)),
+        )
+        .await
+        .unwrap();
         shard.append(b"a", 0, &[message(0)]).await.unwrap();
         shard.write_indexes(true).await.unwrap();
         let blocked = NewIndexFilesRefused::new(&shard, b"a");
@@ -1509,9 +1612,15 @@ mod tests {
             .expect("indexes are rebuilt from the log: not a failed close");
         blocked.unblock();
         // The log was closed: its lock released and its final checkpoint at its end.
-        let (shard, recovery) = Shard::open(0, dir.path(), small_config(), Routes::default())
-            .await
-            .unwrap();
+        let (shard, recovery) = Shard::open(
+            0,
+            dir.path(),
+            small_config(),
+            Routes::default(),
+            Rc::new(FileCache::new(16)),
+        )
+        .await
+        .unwrap();
         assert_eq!(recovery.log.records_scanned, 0, "{recovery:?}");
         assert_eq!(recovery.redispatched, 2, "{recovery:?}");
         let ReadOutcome::Found { messages, .. } =

@@ -197,6 +197,14 @@ pub enum StoreError {
         /// The error.
         source: Arc<std::io::Error>,
     },
+    /// The process is out of file descriptors (an index file could not be opened).
+    #[error("{op}: {advice}")]
+    OutOfDescriptors {
+        /// What was being done.
+        op: &'static str,
+        /// The cause and what to do about it.
+        advice: String,
+    },
     /// The shard's request queue is full (only from the `_or_busy` calls).
     #[error("the shard is busy: its request queue is full")]
     Busy,
@@ -213,9 +221,15 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
-        move |source| StoreError::Io {
-            op,
-            source: Arc::new(source),
+        move |source| {
+            if crate::file_cache::out_of_descriptors(&source) {
+                let advice = crate::config::report_descriptor_shortage(op);
+                return StoreError::OutOfDescriptors { op, advice };
+            }
+            StoreError::Io {
+                op,
+                source: Arc::new(source),
+            }
         }
     }
 }

@@ -87,9 +87,15 @@ pub struct Broker {
     shared: Arc<Shared>,
     housekeeper: Housekeeper,
     store: Option<Store>,
+    /// Descriptors kept from connections for the store (dropped after it).
+    _reservation: crate::server::Reservation,
 }
 
 type Listeners = Vec<Option<(std::net::TcpListener, Option<std::net::TcpListener>)>>;
+
+/// Descriptors a shard holds besides index files: log segments (the current and those
+/// prepared), checkpoints, the lock, its io_uring runtime and listeners.
+const STORE_FDS_PER_SHARD: usize = 24;
 
 impl Broker {
     /// Opens the store (recovering it), binds the port on every shard thread, and registers
@@ -122,6 +128,11 @@ impl Broker {
             })?;
 
         let threads = config.store.thread_count();
+        // Kept from connections: the index-file budget, and per shard its log segments,
+        // checkpoints and runtime.
+        let reservation = crate::server::reserve_descriptors(
+            config.store.open_files_budget() + STORE_FDS_PER_SHARD * threads,
+        );
         let (listeners, addr) = bind_listeners(&config, threads)?;
         let store_host = SocketAddr::new(config.advertised_ip(), addr.port());
         let (jobs, jobs_rx) = mpsc::unbounded_channel();
@@ -190,6 +201,7 @@ impl Broker {
             shared,
             housekeeper,
             store: Some(store),
+            _reservation: reservation,
         })
     }
 

@@ -71,6 +71,17 @@ enum Against {
     PositionAt(u64),
 }
 
+/// An error opening an index file; out of descriptors, it says what to do about it.
+fn open_files_error(e: std::io::Error, op: &'static str) -> OpenError {
+    if crate::file_cache::out_of_descriptors(&e) {
+        return OpenError::Io {
+            op,
+            source: std::io::Error::other(crate::config::report_descriptor_shortage(op)),
+        };
+    }
+    OpenError::Io { op, source: e }
+}
+
 /// Where a queue whose index is found empty goes on: past its range, or (when the log lost
 /// records the checkpoint had seen indexed, whose offsets are then used again) from its start.
 /// Offsets below the range were retired for good.
@@ -102,12 +113,14 @@ fn compare(cq: &ConsumeQueue, range: QueueRange) -> Against {
 }
 
 impl Shard {
-    /// Opens (recovering) the shard in `dir`. Its queues are entered in `routes`.
+    /// Opens (recovering) the shard in `dir`. Its queues are entered in `routes`; its index
+    /// files are opened through `files` (its thread's share of the descriptor budget).
     pub(crate) async fn open(
         id: u16,
         dir: &Path,
         config: Arc<StoreConfig>,
         routes: Routes,
+        files: Rc<FileCache>,
     ) -> Result<(Shard, ShardRecovery), OpenError> {
         let (log, log_report) = CommitLog::open(dir.join("commitlog"), config.log.clone()).await?;
         let (cp_files, checkpoint) = CheckpointFiles::open(dir)
@@ -158,10 +171,19 @@ impl Shard {
                 (false, None) if legacy => vouched,
                 (false, None) => 0,
             };
-            let (mut cq, opened) =
-                ConsumeQueue::open(&path, config.cq_file_entries, max_record, keep_below)
-                    .await
-                    .map_err(io_open("opening an offset index"))?;
+            // Offsets below its range's max are on disk, synced, below the position: unless the
+            // log lost some of them, the files are cut there without being read.
+            let vouched_max = range.filter(|_| !log_lost_vouched).map(|r| r.max);
+            let (mut cq, opened) = ConsumeQueue::open(
+                &path,
+                config.cq_file_entries,
+                max_record,
+                keep_below,
+                vouched_max,
+                &files,
+            )
+            .await
+            .map_err(|e| open_files_error(e, "opening an offset index"))?;
             match opened {
                 Opened::Intact => {}
                 Opened::ResumeFrom(pos) => redispatch_from = redispatch_from.min(pos),
@@ -204,9 +226,12 @@ impl Shard {
 
         let key_dir = dir.join("index");
         std::fs::create_dir_all(&key_dir).map_err(io_open("creating the key index directory"))?;
-        let (sealed, key_from) = open_sealed_key_indexes(&key_dir, start, end).await?;
+        let key_owner = files.owner();
+        let (sealed, key_from) =
+            open_sealed_key_indexes(&key_dir, start, end, key_owner, &files).await?;
         let keys = KeyIndexes {
             dir: key_dir,
+            owner: key_owner,
             slots: config.key_index_slots,
             entries: config.key_index_entries as usize,
             active: ActiveKeyIndex::new(
@@ -224,6 +249,8 @@ impl Shard {
             config,
             log,
             routes,
+            files,
+            dir_syncs: Permits::new(DIR_SYNCS_MAX),
             queues: RefCell::new(queues),
             creating: RefCell::new(HashMap::new()),
             queue_entered: Event::new(),
@@ -330,7 +357,9 @@ impl Shard {
                 .queue(&queue_id.topic, queue_id.queue_id)
                 .is_some_and(|q| q.cq.borrow().is_empty());
             if empty {
-                self.inner.queues.borrow_mut().remove(&queue_id);
+                if let Some(queue) = self.inner.queues.borrow_mut().remove(&queue_id) {
+                    queue.cq.borrow().close_files();
+                }
                 std::fs::remove_dir_all(self.queue_dir(&queue_id))
                     .map_err(io_open("removing an offset index of no queue"))?;
             }
@@ -454,6 +483,9 @@ impl Shard {
 
     /// Replaces a queue's offset index with an empty one (during recovery).
     async fn reset_queue(&self, id: &QueueId) -> Result<(), OpenError> {
+        if let Some(queue) = self.queue(&id.topic, id.queue_id) {
+            queue.cq.borrow().close_files();
+        }
         let path = self.queue_dir(id);
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(io_open("removing a broken offset index"))?;
@@ -534,6 +566,8 @@ async fn open_sealed_key_indexes(
     dir: &Path,
     log_start: u64,
     log_end: u64,
+    owner: u64,
+    files: &Rc<FileCache>,
 ) -> Result<(BTreeMap<u64, SealedKeyIndex>, u64), OpenError> {
     let mut bases: Vec<u64> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_open("listing key indexes"))? {
@@ -553,8 +587,9 @@ async fn open_sealed_key_indexes(
     for base in bases {
         let path = dir.join(segment_name(base));
         if !broken {
-            match SealedKeyIndex::open(&path).await {
+            match SealedKeyIndex::open(&path, (owner, base), files).await {
                 Ok(index) if index.header.end_pos.get() <= log_start => {
+                    index.close();
                     std::fs::remove_file(&path).map_err(io_open("removing a retired key index"))?;
                     continue;
                 }
@@ -566,7 +601,16 @@ async fn open_sealed_key_indexes(
                     sealed.insert(base, index);
                     continue;
                 }
-                _ => {
+                Ok(index) => {
+                    index.close();
+                    broken = true;
+                    rebuild_from = rebuild_from.min(base).max(log_start);
+                }
+                Err(e) if crate::file_cache::out_of_descriptors(&e) => {
+                    return Err(open_files_error(e, "opening a key index"));
+                }
+                Err(_) => {
+                    files.forget((owner, base));
                     broken = true;
                     rebuild_from = rebuild_from.min(base).max(log_start);
                 }
@@ -597,6 +641,10 @@ mod tests {
         })
     }
 
+    fn files() -> Rc<FileCache> {
+        Rc::new(FileCache::new(16))
+    }
+
     fn bodies(n: std::ops::Range<u64>) -> Vec<Message> {
         n.map(|i| Message {
             body: Bytes::from(format!("m{i}")),
@@ -608,7 +656,7 @@ mod tests {
     #[compio::test]
     async fn a_store_with_the_legacy_checkpoint_opens_without_bringing_deleted_topics_back() {
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(0, dir.path(), config(), Routes::default())
+        let (shard, _) = Shard::open(0, dir.path(), config(), Routes::default(), files())
             .await
             .unwrap();
         shard.append(b"kept", 0, &bodies(0..6)).await.unwrap();
@@ -631,7 +679,7 @@ mod tests {
         .await
         .unwrap();
         drop(file);
-        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default())
+        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default(), files())
             .await
             .unwrap();
         assert!(!recovery.rebuilt_all, "{recovery:?}");
@@ -646,7 +694,7 @@ mod tests {
             !legacy.exists(),
             "the legacy checkpoint is removed once replaced"
         );
-        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default())
+        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default(), files())
             .await
             .unwrap();
         assert_eq!((recovery.redispatched, recovery.rebuilt_queues), (0, 0));
@@ -657,7 +705,7 @@ mod tests {
     #[compio::test]
     async fn a_deleted_topic_stays_deleted_through_reopening_and_its_next_life_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(0, dir.path(), config(), Routes::default())
+        let (shard, _) = Shard::open(0, dir.path(), config(), Routes::default(), files())
             .await
             .unwrap();
         shard.append(b"t", 0, &bodies(0..10)).await.unwrap();
@@ -666,7 +714,7 @@ mod tests {
         shard.close().await.unwrap();
         // Every index of the new life lost: rebuilt from the log start, the old life skipped.
         std::fs::remove_dir_all(dir.path().join("consumequeue").join("t")).unwrap();
-        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default())
+        let (shard, recovery) = Shard::open(0, dir.path(), config(), Routes::default(), files())
             .await
             .unwrap();
         assert_eq!(recovery.rebuilt_queues, 1, "{recovery:?}");
@@ -682,7 +730,8 @@ mod tests {
     }
 
     fn queue_with(entries: std::ops::Range<u64>) -> ConsumeQueue {
-        let mut cq = ConsumeQueue::new_empty(Path::new("/nonexistent"), 16);
+        let cache = Rc::new(FileCache::new(4));
+        let mut cq = ConsumeQueue::new_empty(Path::new("/nonexistent"), 16, &cache);
         for offset in entries {
             cq.push(offset, CqEntry::new(1000 * offset, 100, 0))
                 .unwrap();
