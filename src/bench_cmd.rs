@@ -22,6 +22,58 @@ pub enum BenchCommand {
     Consume(crate::load_cmd::LoadArgs),
     /// Produce and consume at once; report both sides and store-to-delivery latency.
     E2e(crate::load_cmd::LoadArgs),
+    /// Create topics one after another through the admin API and report the mean time of a
+    /// creation at each step of the topic count.
+    Topics(TopicsArgs),
+}
+
+#[derive(Args)]
+pub struct TopicsArgs {
+    /// Name servers (`host:port;…`).
+    #[arg(long, env = "QUIVER_NAMESRV", default_value = "127.0.0.1:9876")]
+    namesrv: String,
+    /// Topics to create.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    /// Report every this many.
+    #[arg(long, default_value_t = 1_000)]
+    every: usize,
+    /// Queues of each.
+    #[arg(long, default_value_t = 8)]
+    queues: i32,
+    /// Name prefix (`<prefix>-<n>`).
+    #[arg(long, default_value = "bench-topic")]
+    prefix: String,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn topics(args: TopicsArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        quiver_bench::topics::create_topics(
+            &args.namesrv,
+            &args.prefix,
+            args.count,
+            args.queues,
+            args.every,
+            |step| {
+                if args.json {
+                    println!("{}", serde_json::to_string(step).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:>8} topics: {:.2} ms a creation",
+                        step.topics, step.mean_ms
+                    );
+                }
+            },
+        )
+        .await
+    })?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -78,6 +130,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Produce(args) => crate::load_cmd::run(crate::load_cmd::Kind::Produce, args),
         BenchCommand::Consume(args) => crate::load_cmd::run(crate::load_cmd::Kind::Consume, args),
         BenchCommand::E2e(args) => crate::load_cmd::run(crate::load_cmd::Kind::E2e, args),
+        BenchCommand::Topics(args) => topics(args),
     }
 }
 

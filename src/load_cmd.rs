@@ -30,6 +30,10 @@ pub struct LoadArgs {
     /// Queues of the topic when the run creates it.
     #[arg(long, default_value_t = 8)]
     queues: i32,
+    /// Topics the sends are spread over (`<topic>-0` … `<topic>-<n-1>`, created first), for
+    /// many-queue runs; `consume` and `e2e` read the first.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
     /// Body bytes per message.
     #[arg(long, default_value_t = 1024)]
     size: usize,
@@ -122,6 +126,11 @@ fn spawn_broker(flush: &str, dir: &Path) -> anyhow::Result<Spawned> {
     Ok(Spawned { child, namesrv })
 }
 
+/// Descriptors a process holds, from /proc (Linux).
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// Anonymous resident memory of a process, from /proc (Linux), in MiB.
 fn anon_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -164,6 +173,7 @@ pub fn run(kind: Kind, args: LoadArgs) -> anyhow::Result<()> {
                     .map_or(0, |d| d.as_millis())
             )
         }),
+        topics: args.topics,
         queues: args.queues,
         message_bytes: args.size,
         batch: args.batch,
@@ -212,13 +222,15 @@ pub fn run(kind: Kind, args: LoadArgs) -> anyhow::Result<()> {
         }
     })?;
     let rss = spawned.as_ref().and_then(|s| anon_rss_mib(s.child.id()));
+    let fds = spawned.as_ref().and_then(|s| open_fds(s.child.id()));
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "topic": workload.topic, "size": args.size, "batch": args.batch,
                 "producers": args.producers, "window": args.window, "broker_flush": spawned.as_ref().map(|_| args.broker.clone()),
-                "broker_anon_rss_mib": rss, "produce": report.produce, "consume": report.consume,
+                "topics": args.topics, "broker_anon_rss_mib": rss, "broker_open_fds": fds,
+                "produce": report.produce, "consume": report.consume,
             })
         );
     } else {
@@ -226,6 +238,9 @@ pub fn run(kind: Kind, args: LoadArgs) -> anyhow::Result<()> {
         print_side("consume (store→delivery)", report.consume.as_ref());
         if let Some(rss) = rss {
             println!("broker anonymous RSS after the run: {rss:.0} MiB");
+        }
+        if let Some(fds) = fds {
+            println!("broker open descriptors after the run: {fds}");
         }
     }
     drop(runtime);

@@ -9,6 +9,7 @@ pub mod fio;
 pub mod load;
 pub mod probe;
 pub mod soak;
+pub mod topics;
 
 /// A fresh directory for a benchmark's data, under `BENCH_DIR` (default `./data/criterion`).
 pub fn bench_dir(name: &str) -> std::path::PathBuf {

@@ -32,8 +32,10 @@ const PULL_BATCH: i32 = 32;
 pub struct Workload {
     /// Name servers (`host:port;…`).
     pub namesrv: String,
-    /// The topic.
+    /// The topic (with `topics` above 1, the prefix of `<topic>-<n>`).
     pub topic: String,
+    /// Topics the sends are spread over, round robin.
+    pub topics: usize,
     /// Queues of the topic if the run creates it.
     pub queues: i32,
     /// Body bytes per message.
@@ -132,25 +134,45 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Creates the topic with `queues` queues (by sending to it) and returns its queues.
+impl Workload {
+    /// The name of its `n`th topic.
+    pub fn topic_name(&self, n: usize) -> String {
+        if self.topics <= 1 {
+            self.topic.clone()
+        } else {
+            format!("{}-{n}", self.topic)
+        }
+    }
+}
+
+/// Topics created at once by [`prepare_topic`].
+const CREATE_CONCURRENCY: usize = 64;
+
+/// Creates the topics with `queues` queues (by sending to each) and returns the first one's
+/// queues.
 pub async fn prepare_topic(workload: &Workload) -> Result<Vec<MessageQueue>, LoadError> {
     let mut config =
         ProducerConfig::new("quiver-bench-setup", ClientConfig::new(&workload.namesrv));
     config.default_topic_queue_nums = workload.queues;
     let producer = Producer::start(config).await?;
     // A send creates the topic (from the auto-creation template) if it does not exist.
-    producer
-        .send(Message::new(
-            workload.topic.clone(),
-            "quiver bench: topic created",
-        ))
-        .await?;
+    let names: Vec<String> = (0..workload.topics.max(1))
+        .map(|n| workload.topic_name(n))
+        .collect();
+    for chunk in names.chunks(CREATE_CONCURRENCY) {
+        let sends = chunk
+            .iter()
+            .map(|name| producer.send(Message::new(name.clone(), "quiver bench: topic created")));
+        for sent in futures_util::future::join_all(sends).await {
+            sent?;
+        }
+    }
     producer.shutdown().await;
     let consumer = PullConsumer::start("quiver-bench-setup", ClientConfig::new(&workload.namesrv))?;
     // After the first send the route exists; wait for the name server to have it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match consumer.queues(&workload.topic).await {
+        match consumer.queues(&workload.topic_name(0)).await {
             Ok(queues) if !queues.is_empty() => {
                 consumer.shutdown();
                 return Ok(queues);
@@ -187,9 +209,11 @@ pub async fn produce(workload: &Workload) -> Result<SideReport, LoadError> {
         config.default_topic_queue_nums = workload.queues;
         clients.push(Producer::start(config).await?);
     }
-    // Learn the route before the clock starts.
+    // Learn the routes before the clock starts.
     for client in &clients {
-        client.publish_queues(&workload.topic).await?;
+        for n in 0..workload.topics.max(1) {
+            client.publish_queues(&workload.topic_name(n)).await?;
+        }
     }
     let body = bytes::Bytes::from(vec![b'b'; workload.message_bytes.max(1)]);
     let sent = Arc::new(AtomicU64::new(0));
@@ -224,14 +248,25 @@ pub async fn produce(workload: &Workload) -> Result<SideReport, LoadError> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let began = Instant::now();
-                let result = if batch == 1 {
+                let topics = workload.topics.max(1);
+                let round = (n / batch) as usize;
+                let topic = workload.topic_name(round % topics);
+                let result = if batch == 1 && topics > 1 {
+                    // Each topic's sends go round its queues (the client's own round robin is
+                    // shared by every topic, and would leave some queues of each unused).
+                    let turn = round / topics;
                     producer
-                        .send(Message::new(workload.topic.clone(), body.clone()))
+                        .send_with_selector(Message::new(topic, body.clone()), move |_, _| turn)
+                        .await
+                        .map(|_| ())
+                } else if batch == 1 {
+                    producer
+                        .send(Message::new(topic, body.clone()))
                         .await
                         .map(|_| ())
                 } else {
                     let messages = (0..batch)
-                        .map(|_| Message::new(workload.topic.clone(), body.clone()))
+                        .map(|_| Message::new(topic.clone(), body.clone()))
                         .collect();
                     producer.send_batch(messages).await.map(|_| ())
                 };
@@ -391,7 +426,7 @@ pub async fn queue_positions(
         ClientConfig::new(&workload.namesrv),
     )?;
     let mut out = Vec::new();
-    for queue in consumer.queues(&workload.topic).await? {
+    for queue in consumer.queues(&workload.topic_name(0)).await? {
         let offset = if from_end {
             consumer.max_offset(&queue).await?
         } else {

@@ -27,6 +27,9 @@ use crate::segment::{parse_segment_name, read_exact_at, segment_name};
 /// Size of one entry on disk.
 pub const CQ_ENTRY_BYTES: usize = 20;
 
+/// Room for entries a queue keeps once they are written; more is given back.
+const UNWRITTEN_KEPT_ENTRIES: usize = 32;
+
 /// One message of a queue.
 #[derive(
     FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
@@ -101,7 +104,7 @@ pub(crate) struct ConsumeQueue {
     cache: Rc<FileCache>,
     owner: u64,
     /// First queue offset of each file.
-    files: BTreeSet<u64>,
+    files: FileSet,
     /// The lowest offset whose record is still in the log.
     min_offset: u64,
     /// Offsets below this are in files.
@@ -118,6 +121,60 @@ pub(crate) struct ConsumeQueue {
     empty: bool,
     /// Log position just past the last entry's record, if there is one.
     last_entry_end: Option<u64>,
+}
+
+/// The first offsets of a queue's files, ascending: a sorted vector (a queue has a few files,
+/// and a map's node would cost every idle queue more memory than its entries).
+#[derive(Debug, Default)]
+struct FileSet(Vec<u64>);
+
+impl FileSet {
+    fn first(&self) -> Option<&u64> {
+        self.0.first()
+    }
+
+    fn last(&self) -> Option<&u64> {
+        self.0.last()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn contains(&self, first: &u64) -> bool {
+        self.0.binary_search(first).is_ok()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &u64> {
+        self.0.iter()
+    }
+
+    /// Adds `first`; false if it was there.
+    fn insert(&mut self, first: u64) -> bool {
+        match self.0.binary_search(&first) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, first);
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, first: &u64) -> bool {
+        match self.0.binary_search(first) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The greatest first offset at or below `offset`.
+    fn last_at_or_below(&self, offset: u64) -> Option<u64> {
+        let at = self.0.partition_point(|&f| f <= offset);
+        at.checked_sub(1).and_then(|i| self.0.get(i).copied())
+    }
 }
 
 /// A file name is its first queue offset, 20 digits, like a segment.
@@ -145,7 +202,7 @@ impl ConsumeQueue {
             file_entries,
             owner: cache.owner(),
             cache: Rc::clone(cache),
-            files: BTreeSet::new(),
+            files: FileSet::default(),
             min_offset: 0,
             written: 0,
             unwritten: VecDeque::new(),
@@ -196,7 +253,7 @@ impl ConsumeQueue {
             }
             return Ok((queue, Opened::Broken));
         }
-        queue.files.extend(found.iter().map(|&(first, _)| first));
+        queue.files = FileSet(found.iter().map(|&(first, _)| first).collect());
         if let (Some(max), Some(&(last, len))) = (vouched_max, found.last())
             && queue.cut_unread(last, len, max).await?
         {
@@ -242,7 +299,7 @@ impl ConsumeQueue {
             break;
         }
         if state == Opened::Broken {
-            for first in std::mem::take(&mut queue.files) {
+            for first in std::mem::take(&mut queue.files).0 {
                 cache.forget((queue.owner, first));
                 std::fs::remove_file(dir.join(file_name(first)))?;
             }
@@ -353,7 +410,7 @@ impl ConsumeQueue {
 
     /// The first offset of the file holding `offset`.
     fn file_for(&self, offset: u64) -> Option<u64> {
-        self.files.range(..=offset).next_back().copied()
+        self.files.last_at_or_below(offset)
     }
 
     /// First offset past the file that starts at `first`.
@@ -454,6 +511,11 @@ impl ConsumeQueue {
             result?;
             q.written += entries.len() as u64;
             q.unwritten.drain(..entries.len());
+            // A burst's room is not kept by a queue that goes idle (thousands of them would
+            // hold megabytes for nothing).
+            if q.unwritten.is_empty() && q.unwritten.capacity() > UNWRITTEN_KEPT_ENTRIES {
+                q.unwritten = VecDeque::new();
+            }
             q.unsynced.insert(first);
         }
         Ok(())

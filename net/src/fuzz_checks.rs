@@ -166,3 +166,16 @@ pub fn batch_decoder(data: &[u8]) {
     // The pulled-message decoder must not panic on the same bytes either.
     let _ = decode_messages(&body);
 }
+
+/// Topic-journal decoder: any bytes are accepted (up to a torn last line) or refused as
+/// damaged without panicking; what is accepted re-encodes to lines that decode to the same
+/// changes, whole.
+pub fn topic_journal_decoder(data: &[u8]) {
+    use crate::broker::topic_journal::{decode, encode};
+    let Ok((changes, valid)) = decode(data) else {
+        return;
+    };
+    assert!(valid <= data.len());
+    let again: Vec<u8> = changes.iter().flat_map(encode).collect();
+    assert_eq!(decode(&again), Ok((changes, again.len())));
+}

@@ -34,3 +34,11 @@ fn json_header_decode_corpus() {
         quiver_net::fuzz_checks::json_header_decoder,
     );
 }
+
+#[test]
+fn topic_journal_decode_corpus() {
+    replay(
+        "topic_journal_decode",
+        quiver_net::fuzz_checks::topic_journal_decoder,
+    );
+}

@@ -355,6 +355,17 @@ impl LocalShards {
     }
 }
 
+/// Gives the memory that opening freed (the lists and maps recovery builds, in proportion to
+/// the number of queues) back to the system: glibc keeps freed memory in its arenas otherwise,
+/// and a start with many queues would keep megabytes it no longer uses.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A shard thread: where to send, and the thread.
 struct Worker {
     tx: flume::Sender<Request>,
@@ -479,6 +490,7 @@ impl Store {
             store.stop_threads();
             return Err(e);
         }
+        release_freed_memory();
         Ok(store)
     }
 

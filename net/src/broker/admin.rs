@@ -94,10 +94,10 @@ impl BrokerService {
         let upserted = self
             .shared
             .topics
-            .upsert(config)
+            .upsert(config.clone())
             .map_err(|e| Refusal::new(response::SYSTEM_ERROR, e.to_string()))?;
         tracing::info!(%topic, ?upserted, "topic created or updated");
-        self.shared.register_now().await;
+        self.shared.register_topic_now(config).await;
         Ok(RemotingCommand::response_to(req, response::SUCCESS))
     }
 

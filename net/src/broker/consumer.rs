@@ -17,7 +17,7 @@ impl BrokerService {
     pub(crate) fn heartbeat(&self, connection: &Connection, req: &RemotingCommand) -> Processed {
         let heartbeat: HeartbeatData = decode_json("HeartbeatData", &req.body_bytes())
             .map_err(|e| Refusal::new(response::SYSTEM_ERROR, e.to_string()))?;
-        let mut created = false;
+        let mut created = Vec::new();
         for consumer in &heartbeat.consumer_data_set {
             if consumer.group_name.is_empty() {
                 continue;
@@ -25,14 +25,15 @@ impl BrokerService {
             // Every group gets its retry topic, as RocketMQ's heartbeat handler does.
             let retry = format!("{RETRY_GROUP_TOPIC_PREFIX}{}", consumer.group_name);
             match self.shared.topics.ensure_retry_topic(&retry) {
-                Ok((_, new)) => created |= new,
+                Ok((config, true)) => created.push(config),
+                Ok((_, false)) => {}
                 Err(e) => {
                     tracing::error!(topic = %retry, error = %e, "cannot create a retry topic")
                 }
             }
         }
-        if created {
-            self.shared.register_soon();
+        for config in created {
+            self.shared.register_topic_soon(config);
         }
         notify(self.shared.clients.heartbeat(
             connection,

@@ -29,6 +29,7 @@ mod pull;
 mod query;
 mod send;
 mod service;
+pub mod topic_journal;
 pub mod topics;
 mod wire;
 
@@ -49,6 +50,7 @@ use self::offsets::ConsumerOffsets;
 use self::service::BrokerService;
 use self::topics::TopicTable;
 use crate::StartError;
+use crate::protocol::route::TopicConfig;
 use crate::remoting::frame::FrameCodec;
 use crate::server::{ServeOptions, serve};
 
@@ -69,13 +71,30 @@ pub(crate) struct Shared {
 impl Shared {
     /// Asks for a registration with the name servers without waiting for it.
     pub(crate) fn register_soon(&self) {
-        let _ = self.jobs.send(Job::Register { done: None });
+        let _ = self.jobs.send(Job::Register {
+            done: None,
+            topics: None,
+        });
     }
 
-    /// Registers with the name servers and completes when each has answered or timed out.
-    pub(crate) async fn register_now(&self) {
+    /// Registers `topic` (new or changed) with the name servers soon: that topic alone, so a
+    /// change costs the same however many topics there are.
+    pub(crate) fn register_topic_soon(&self, topic: TopicConfig) {
+        let _ = self.jobs.send(Job::Register {
+            done: None,
+            topics: Some(vec![topic]),
+        });
+    }
+
+    /// Registers `topic` with the name servers and completes when each has answered or timed
+    /// out.
+    pub(crate) async fn register_topic_now(&self, topic: TopicConfig) {
         let (done, finished) = flume::bounded(1);
-        if self.jobs.send(Job::Register { done: Some(done) }).is_ok() {
+        let job = Job::Register {
+            done: Some(done),
+            topics: Some(vec![topic]),
+        };
+        if self.jobs.send(job).is_ok() {
             let _ = finished.recv_async().await;
         }
     }

@@ -196,7 +196,7 @@ fn check_topic(shared: &Shared, header: &SendHeader) -> Result<TopicConfig, Refu
                 Some((config, new)) => {
                     if new {
                         tracing::info!(topic = %header.topic, queues = config.write_queue_nums, producer_group = %header.producer_group, "topic created by a send");
-                        shared.register_soon();
+                        shared.register_topic_soon(config.clone());
                     }
                     config
                 }
@@ -206,7 +206,7 @@ fn check_topic(shared: &Shared, header: &SendHeader) -> Result<TopicConfig, Refu
                         .ensure_retry_topic(&header.topic)
                         .map_err(refused_io)?;
                     if new {
-                        shared.register_soon();
+                        shared.register_topic_soon(config.clone());
                     }
                     config
                 }

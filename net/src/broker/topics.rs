@@ -1,5 +1,7 @@
 //! The broker's topics: created by admins, by first sends through the `TBW102` template, and for
-//! consumer groups' retry queues; kept in `config/topics.json` (RocketMQ's format).
+//! consumer groups' retry queues; kept in `config/topics.json` (RocketMQ's format), with every
+//! change since it was last written whole appended to `config/topics.journal`
+//! ([`super::topic_journal`]), so a change costs the same however many topics there are.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -16,6 +18,11 @@ use crate::protocol::route::{
 use crate::protocol::{decode_json, encode_json};
 
 use super::persist;
+use super::topic_journal::{Change, Journal};
+
+/// The journal is folded into `topics.json` once it holds more than this, or more than the
+/// table itself.
+const JOURNAL_FOLD_BYTES_MIN: u64 = 1 << 20;
 
 /// Queues of a consumer group's retry topic (RocketMQ's `retryQueueNums`).
 pub const RETRY_QUEUE_NUMS: i32 = 1;
@@ -59,8 +66,18 @@ pub enum Upserted {
 pub struct TopicTable {
     path: PathBuf,
     state: RwLock<TopicConfigWrapper>,
+    /// Changes since `topics.json` was written whole; taken with the state's write lock held.
+    journal: Mutex<Folded>,
     /// Topics being deleted: sends to them wait until the deletion is over.
     deleting: Deleting,
+}
+
+/// The journal, and the size of the table it is folded into.
+struct Folded {
+    journal: Journal,
+    table_bytes: u64,
+    /// Folded past the larger of this and the table's size.
+    fold_min_bytes: u64,
 }
 
 /// Topics being deleted, and the event their senders wait on.
@@ -140,6 +157,16 @@ impl TopicTable {
                 });
             }
         };
+        let journal_path = path.with_extension("journal");
+        let (journal, changes) =
+            Journal::open(&journal_path).map_err(|source| TopicsError::Io {
+                op: "reading",
+                path: journal_path.display().to_string(),
+                source,
+            })?;
+        for change in changes {
+            apply(&mut state.topic_config_table, change);
+        }
         let loaded = state.topic_config_table.clone();
         if auto_create {
             state.topic_config_table.insert(
@@ -169,13 +196,20 @@ impl TopicTable {
         // Saved only when opening changed it: a broker whose disk is full must still start
         // and serve reads (the version bump needs no saving; its timestamp is new anyway).
         let changed = !existed || state.topic_config_table != loaded;
+        let table_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         let table = TopicTable {
             path,
             state: RwLock::new(state),
+            journal: Mutex::new(Folded {
+                journal,
+                table_bytes,
+                fold_min_bytes: JOURNAL_FOLD_BYTES_MIN,
+            }),
             deleting: Deleting::default(),
         };
         if changed {
-            table.save(&table.read())?;
+            let mut folded = table.journal.lock().unwrap_or_else(|p| p.into_inner());
+            table.fold(&table.read(), &mut folded)?;
         }
         Ok(table)
     }
@@ -184,19 +218,14 @@ impl TopicTable {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn save(&self, state: &TopicConfigWrapper) -> Result<(), TopicsError> {
-        persist::write_atomically(&self.path, &encode_json(state)).map_err(|source| {
-            TopicsError::Io {
-                op: "writing",
-                path: self.path.display().to_string(),
-                source,
-            }
-        })
-    }
-
     /// A topic's config.
     pub fn get(&self, topic: &str) -> Option<TopicConfig> {
         self.read().topic_config_table.get(topic).cloned()
+    }
+
+    /// The table's version.
+    pub fn data_version(&self) -> DataVersion {
+        self.read().data_version
     }
 
     /// Every topic, with the table's version: what registrations carry.
@@ -204,22 +233,55 @@ impl TopicTable {
         self.read().clone()
     }
 
-    /// Applies `change` to the table, saves it if it changed, and bumps the version.
+    /// Writes the table whole and empties the journal (which is replayed again, harmlessly, if
+    /// a crash comes between the two).
+    fn fold(&self, state: &TopicConfigWrapper, folded: &mut Folded) -> Result<(), TopicsError> {
+        let bytes = encode_json(state);
+        persist::write_atomically(&self.path, &bytes).map_err(|source| TopicsError::Io {
+            op: "writing",
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        folded.table_bytes = bytes.len() as u64;
+        folded.journal.clear().map_err(|source| TopicsError::Io {
+            op: "emptying",
+            path: folded.journal.path().display().to_string(),
+            source,
+        })
+    }
+
+    /// Decides a change from the table as it is, makes it durable in the journal, then applies
+    /// it and bumps the version: all under the write lock, so changes are ordered on disk as in
+    /// memory, and one that cannot be written is not made.
     fn change<T>(
         &self,
-        change: impl FnOnce(&mut BTreeMap<String, TopicConfig>) -> (T, bool),
+        decide: impl FnOnce(&BTreeMap<String, TopicConfig>) -> (T, Option<Change>),
     ) -> Result<T, TopicsError> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = state.clone();
-        let (result, changed) = change(&mut next.topic_config_table);
-        if changed {
-            next.data_version = DataVersion {
-                counter: next.data_version.counter + 1,
-                state_version: 0,
-                timestamp: now_ms(),
-            };
-            self.save(&next)?;
-            *state = next;
+        let (result, change) = decide(&state.topic_config_table);
+        let Some(change) = change else {
+            return Ok(result);
+        };
+        let mut folded = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        folded
+            .journal
+            .append(&change)
+            .map_err(|source| TopicsError::Io {
+                op: "writing",
+                path: folded.journal.path().display().to_string(),
+                source,
+            })?;
+        apply(&mut state.topic_config_table, change);
+        state.data_version = DataVersion {
+            counter: state.data_version.counter + 1,
+            state_version: 0,
+            timestamp: now_ms(),
+        };
+        // Folded once it outgrows the table: a change costs a line, amortized.
+        if folded.journal.bytes() > folded.table_bytes.max(folded.fold_min_bytes)
+            && let Err(e) = self.fold(&state, &mut folded)
+        {
+            tracing::warn!(error = %e, "folding the topic journal failed; kept, will retry");
         }
         Ok(result)
     }
@@ -227,15 +289,9 @@ impl TopicTable {
     /// Creates or replaces a topic.
     pub fn upsert(&self, config: TopicConfig) -> Result<Upserted, TopicsError> {
         self.change(|table| match table.get(&config.topic_name) {
-            Some(old) if *old == config => (Upserted::Unchanged(config), false),
-            Some(_) => {
-                table.insert(config.topic_name.clone(), config.clone());
-                (Upserted::Updated(config), true)
-            }
-            None => {
-                table.insert(config.topic_name.clone(), config.clone());
-                (Upserted::Created(config), true)
-            }
+            Some(old) if *old == config => (Upserted::Unchanged(config), None),
+            Some(_) => (Upserted::Updated(config.clone()), Some(Change::Put(config))),
+            None => (Upserted::Created(config.clone()), Some(Change::Put(config))),
         })
     }
 
@@ -251,13 +307,13 @@ impl TopicTable {
     ) -> Result<Option<(TopicConfig, bool)>, TopicsError> {
         self.change(|table| {
             if let Some(existing) = table.get(topic) {
-                return (Some((existing.clone(), false)), false);
+                return (Some((existing.clone(), false)), None);
             }
             let Some(template) = table.get(template) else {
-                return (None, false);
+                return (None, None);
             };
             if template.perm & PERM_INHERIT == 0 {
-                return (None, false);
+                return (None, None);
             }
             let queues = queue_nums.clamp(1, template.write_queue_nums.max(1));
             let config = TopicConfig {
@@ -269,19 +325,17 @@ impl TopicTable {
                 topic_sys_flag,
                 ..TopicConfig::default()
             };
-            table.insert(topic.to_string(), config.clone());
-            (Some((config, true)), true)
+            (Some((config.clone(), true)), Some(Change::Put(config)))
         })
     }
 
     /// A consumer group's retry topic, created if missing; true if it was created.
     pub fn ensure_retry_topic(&self, topic: &str) -> Result<(TopicConfig, bool), TopicsError> {
         self.change(|table| match table.get(topic) {
-            Some(existing) => ((existing.clone(), false), false),
+            Some(existing) => ((existing.clone(), false), None),
             None => {
                 let config = TopicConfig::new(topic, RETRY_QUEUE_NUMS, PERM_READ | PERM_WRITE);
-                table.insert(topic.to_string(), config.clone());
-                ((config, true), true)
+                ((config.clone(), true), Some(Change::Put(config)))
             }
         })
     }
@@ -289,8 +343,8 @@ impl TopicTable {
     /// Removes a topic; true if it existed.
     pub fn delete(&self, topic: &str) -> Result<bool, TopicsError> {
         self.change(|table| {
-            let removed = table.remove(topic).is_some();
-            (removed, removed)
+            let exists = table.contains_key(topic);
+            (exists, exists.then(|| Change::Delete(topic.to_string())))
         })
     }
 
@@ -337,6 +391,18 @@ impl TopicTable {
     }
 }
 
+/// Applies one change to the table.
+fn apply(table: &mut BTreeMap<String, TopicConfig>, change: Change) {
+    match change {
+        Change::Put(config) => {
+            table.insert(config.topic_name.clone(), config);
+        }
+        Change::Delete(topic) => {
+            table.remove(&topic);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +444,45 @@ mod tests {
         assert!(!existed);
         drop(guard);
         assert!(table.wait_while_deleting("orders").now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_change_appends_one_journal_line_and_the_journal_folds_once_it_outgrows_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topics.json");
+        let journal = dir.path().join("topics.journal");
+        let table = open(dir.path(), true);
+        let whole = std::fs::read(&path).unwrap();
+        table.create_for_send("t0", "TBW102", 4, 0).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the table is not rewritten"
+        );
+        let one_line = std::fs::metadata(&journal).unwrap().len();
+        assert!(one_line > 0);
+        drop(table);
+        let table = open(dir.path(), true);
+        assert!(table.get("t0").is_some(), "replayed from the journal");
+        // Past the table's size (at least 4 KiB here), the journal is folded into it.
+        table.journal.lock().unwrap().fold_min_bytes = 4096;
+        for i in 1..60 {
+            table
+                .create_for_send(&format!("t{i}"), "TBW102", 4, 0)
+                .unwrap();
+        }
+        table.delete("t5").unwrap();
+        let journal_now = std::fs::metadata(&journal).unwrap().len();
+        assert!(journal_now < 4096 + one_line, "folded: {journal_now} bytes");
+        assert_ne!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the table was written whole"
+        );
+        drop(table);
+        let table = open(dir.path(), true);
+        assert!(table.get("t59").is_some() && table.get("t0").is_some());
+        assert!(table.get("t5").is_none());
     }
 
     #[test]

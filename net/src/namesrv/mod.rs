@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use self::routes::{Registration, RouteTable};
 use crate::StartError;
-use crate::protocol::route::RegisterBrokerBody;
+use crate::protocol::route::{DataVersion, RegisterBrokerBody};
 use crate::protocol::{decode_json, encode_json};
 use crate::remoting::RemotingCommand;
 use crate::remoting::codes::{request, response};
@@ -235,6 +235,7 @@ impl Service for NameServerService {
         let answer = match request.code {
             request::REGISTER_BROKER => self.register_broker(&connection, &request),
             request::UNREGISTER_BROKER => self.unregister_broker(&request),
+            request::QUERY_DATA_VERSION => self.query_data_version(&request),
             request::GET_ROUTEINFO_BY_TOPIC => self.route(&request),
             request::GET_BROKER_CLUSTER_INFO => {
                 Ok(RemotingCommand::response_to(&request, response::SUCCESS)
@@ -260,6 +261,22 @@ impl Service for NameServerService {
 }
 
 impl NameServerService {
+    /// `QUERY_DATA_VERSION`: `changed` says whether the broker must register its topics again;
+    /// the body is the version registered here.
+    fn query_data_version(&self, request: &RemotingCommand) -> Result<RemotingCommand, String> {
+        let broker_addr = request.required("brokerAddr").map_err(|e| e.to_string())?;
+        let version: DataVersion =
+            decode_json("DataVersion", &request.body_bytes()).map_err(|e| e.to_string())?;
+        let (changed, held) =
+            lock(&self.table).query_data_version(broker_addr, &version, Instant::now());
+        let mut answer =
+            RemotingCommand::response_to(request, response::SUCCESS).with_field("changed", changed);
+        if let Some(held) = held {
+            answer = answer.with_body(encode_json(&held));
+        }
+        Ok(answer)
+    }
+
     fn register_broker(
         &self,
         connection: &Connection,

@@ -95,12 +95,18 @@ impl RouteTable {
             .live
             .get(&reg.broker_addr)
             .is_none_or(|live| live.data_version != version);
-        if reg.broker_id == MASTER_ID && (first || changed) {
+        // A topic is taken when the broker's table changed, or when this broker is not yet
+        // known to hold it (as RocketMQ 5's name server does): a broker with many topics
+        // registers them in parts of one version, and a new topic alone.
+        if reg.broker_id == MASTER_ID {
             for (name, topic) in &reg.topics.topic_config_table {
-                self.topics.entry(name.clone()).or_default().insert(
-                    reg.broker_name.clone(),
-                    QueueData::new(&reg.broker_name, topic),
-                );
+                let held = self.topics.entry(name.clone()).or_default();
+                if first || changed || !held.contains_key(&reg.broker_name) {
+                    held.insert(
+                        reg.broker_name.clone(),
+                        QueueData::new(&reg.broker_name, topic),
+                    );
+                }
             }
         }
         self.live.insert(
@@ -127,6 +133,26 @@ impl RouteTable {
             answer.ha_server_addr = Some(live.ha_server_addr.clone());
         }
         answer
+    }
+
+    /// `QUERY_DATA_VERSION`: whether the broker at `broker_addr` holds another topic table
+    /// than the one of `version` registered here (or is not known), and the version registered;
+    /// when it holds the same, its registration is renewed (as RocketMQ's name server does), so
+    /// a broker whose topics did not change need not send them all again.
+    pub fn query_data_version(
+        &mut self,
+        broker_addr: &str,
+        version: &DataVersion,
+        now: Instant,
+    ) -> (bool, Option<DataVersion>) {
+        match self.live.get_mut(broker_addr) {
+            Some(live) if live.data_version == *version => {
+                live.last_update = now;
+                (false, Some(live.data_version))
+            }
+            Some(live) => (true, Some(live.data_version)),
+            None => (true, None),
+        }
     }
 
     /// Removes a broker that says it is leaving.
@@ -280,6 +306,56 @@ mod tests {
             topics: wrapper,
             connection: Some(7),
         }
+    }
+
+    #[test]
+    fn a_broker_registering_in_parts_of_one_version_gets_every_part_routed() {
+        let mut table = RouteTable::default();
+        let t0 = Instant::now();
+        table.register(registration("a", "1.1.1.1:10911", 0, &[("P1", 4)], 5), t0);
+        // The second part carries the same version: its topics are still new here.
+        table.register(registration("a", "1.1.1.1:10911", 0, &[("P2", 4)], 5), t0);
+        assert!(table.route("P1").is_some() && table.route("P2").is_some());
+        // A part with a known topic and the same version changes nothing of it.
+        table.register(registration("a", "1.1.1.1:10911", 0, &[("P1", 8)], 5), t0);
+        assert_eq!(
+            table.route("P1").unwrap().queue_datas[0].write_queue_nums,
+            4
+        );
+        // A new version (a topic changed, registered alone) is taken.
+        table.register(registration("a", "1.1.1.1:10911", 0, &[("P1", 8)], 6), t0);
+        assert_eq!(
+            table.route("P1").unwrap().queue_datas[0].write_queue_nums,
+            8
+        );
+        assert!(
+            table.route("P2").is_some(),
+            "a registration of one topic keeps the others"
+        );
+    }
+
+    #[test]
+    fn a_data_version_query_renews_a_broker_holding_the_same_table() {
+        let mut table = RouteTable::default();
+        let t0 = Instant::now();
+        table.register(registration("a", "1.1.1.1:10911", 0, &[("T", 4)], 3), t0);
+        let same = DataVersion {
+            counter: 3,
+            ..DataVersion::default()
+        };
+        let later = t0 + Duration::from_secs(100);
+        assert_eq!(
+            table.query_data_version("1.1.1.1:10911", &same, later),
+            (false, Some(same))
+        );
+        // Renewed: not expired 121 s after the registration, 100 s after the query.
+        assert!(table.expire(t0 + Duration::from_secs(121)).is_empty());
+        let newer = DataVersion { counter: 4, ..same };
+        assert!(table.query_data_version("1.1.1.1:10911", &newer, later).0);
+        assert_eq!(
+            table.query_data_version("9.9.9.9:10911", &same, later),
+            (true, None)
+        );
     }
 
     #[test]
